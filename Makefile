@@ -1,0 +1,56 @@
+# model-streamer build, test and benchmark entry points.
+# Every target installs what it needs, so each works on a fresh machine.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.9.1
+GO ?= go
+LIB := python/runai_model_streamer/lib/libmodelstreamer.so
+HEADER := go/capi/model_streamer.h
+GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') $(HEADER) go/go.mod go/go.sum $(wildcard go/capi/*.c)
+FUZZTIME ?= 20s
+
+.PHONY: all build dev demo test test-go test-python fuzz bench lint clean
+
+all: build
+
+build: $(LIB)
+
+$(LIB): $(GO_SOURCES)
+	mkdir -p $(dir $@)
+	cd go && CGO_ENABLED=1 $(GO) build -trimpath -buildmode=c-shared -o ../$@ ./capi
+	cp $(HEADER) python/runai_model_streamer/lib/model_streamer.h
+	rm -f $(basename $@).h
+
+# The virtual environment: torch pinned so the pip cache serves repeat installs.
+$(VENV)/.installed: pyproject.toml
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q "torch==$(TORCH_VERSION)"
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $@
+
+dev: build $(VENV)/.installed
+
+demo: dev
+	$(VENV)/bin/model-streamer demo
+
+test: dev test-go test-python
+
+test-go:
+	cd go && $(GO) vet ./... && $(GO) test -count=1 ./...
+	cd go && $(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./safetensors
+
+test-python: dev
+	$(VPY) -m pytest -q tests
+
+bench: dev
+	$(VPY) bench/run.py $(BENCH_ARGS)
+
+lint:
+	cd go && test -z "$$(gofmt -l .)" && $(GO) vet ./...
+
+clean:
+	rm -rf $(VENV) $(LIB) python/runai_model_streamer/lib/model_streamer.h build dist *.egg-info

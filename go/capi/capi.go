@@ -1,0 +1,303 @@
+// Command capi is the C ABI of the streamer, built with -buildmode=c-shared.
+// model_streamer.h is the contract; shim.c holds the public symbols and
+// forwards to the exports here, which check arguments, resolve handles,
+// call the Go API and map errors to codes. No panic crosses the boundary.
+package main
+
+/*
+#include <stdlib.h>
+#include "model_streamer.h"
+*/
+import "C"
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/model-streamer/model-streamer/go/safetensors"
+	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/fs"
+	"github.com/model-streamer/model-streamer/go/stream"
+)
+
+func main() {}
+
+type entry struct {
+	s        *stream.Stream
+	metaOnce sync.Once
+	meta     []byte
+}
+
+var (
+	handlesMu  sync.Mutex
+	handles    = map[int64]*entry{}
+	lastHandle int64
+)
+
+func lookup(h C.int64_t) *entry {
+	handlesMu.Lock()
+	defer handlesMu.Unlock()
+	return handles[int64(h)]
+}
+
+// setErr copies msg into the caller's buffer, truncated and NUL-terminated.
+func setErr(buf *C.char, n C.size_t, msg string) {
+	if buf == nil || n == 0 {
+		return
+	}
+	dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(n))
+	k := copy(dst[:len(dst)-1], msg)
+	dst[k] = 0
+}
+
+// code maps an error to the ABI's closed set of codes.
+func code(err error) C.int {
+	var mle *stream.MemoryLimitError
+	switch {
+	case err == nil:
+		return C.MS_OK
+	case errors.Is(err, io.EOF):
+		return C.MS_ERR_END
+	case errors.Is(err, stream.ErrClosed):
+		return C.MS_ERR_CLOSED
+	case errors.As(err, &mle):
+		return C.MS_ERR_MEMORY_LIMIT
+	case errors.Is(err, safetensors.ErrInvalid), errors.Is(err, stream.ErrInvalidRequest):
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	switch storage.CodeOf(err) {
+	case storage.NotFound:
+		return C.MS_ERR_NOT_FOUND
+	case storage.PermissionDenied:
+		return C.MS_ERR_PERMISSION_DENIED
+	case storage.InvalidArgument:
+		return C.MS_ERR_INVALID_ARGUMENT
+	case storage.Canceled:
+		return C.MS_ERR_CANCELED
+	}
+	return C.MS_ERR_IO
+}
+
+func fail(errBuf *C.char, errLen C.size_t, err error) C.int {
+	setErr(errBuf, errLen, err.Error())
+	return code(err)
+}
+
+// guard turns a panic into MS_ERR_INTERNAL with its message.
+func guard(rc *C.int, errBuf *C.char, errLen C.size_t) {
+	if p := recover(); p != nil {
+		setErr(errBuf, errLen, fmt.Sprintf("internal error: %v", p))
+		*rc = C.MS_ERR_INTERNAL
+	}
+}
+
+func cStrings(p **C.char, n C.int32_t) []string {
+	if n < 0 {
+		return nil
+	}
+	out := make([]string, int(n))
+	if n == 0 {
+		return out
+	}
+	for i, s := range unsafe.Slice(p, int(n)) {
+		out[i] = C.GoString(s)
+	}
+	return out
+}
+
+//export msgo_stream_open
+func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.int32_t,
+	config *C.ms_config, handle *C.int64_t, errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if handle == nil || (uris == nil && nURIs > 0) || nURIs < 0 || (names == nil && nNames > 0) {
+		setErr(errBuf, errLen, "ms_stream_open: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	mode := fs.Auto
+	cfg := stream.DefaultConfig(nil)
+	if config != nil {
+		cfg.Concurrency = int(config.concurrency)
+		cfg.MemoryLimit = int64(config.memory_limit)
+		cfg.ChunkBytes = int64(config.chunk_bytes)
+		mode = fs.Mode(config.read_mode)
+		if mode < fs.Auto || mode > fs.Mmap {
+			setErr(errBuf, errLen, fmt.Sprintf("ms_stream_open: unknown read mode %d", config.read_mode))
+			return C.MS_ERR_INVALID_ARGUMENT
+		}
+		if cfg.MemoryLimit < stream.Unlimited {
+			setErr(errBuf, errLen, fmt.Sprintf("memory limit %d: must be -1, 0 or a byte count", cfg.MemoryLimit))
+			return C.MS_ERR_INVALID_ARGUMENT
+		}
+	}
+	reg := storage.NewRegistry()
+	reg.Register("file", fs.New(fs.Options{Mode: mode}))
+	cfg.Storage = reg
+	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	handlesMu.Lock()
+	lastHandle++
+	h := lastHandle
+	handles[h] = &entry{s: s}
+	handlesMu.Unlock()
+	*handle = C.int64_t(h)
+	return C.MS_OK
+}
+
+type tensorJSON struct {
+	Name    string   `json:"name"`
+	DType   string   `json:"dtype"`
+	Shape   []int64  `json:"shape"`
+	Offsets [2]int64 `json:"offsets"`
+}
+
+type fileJSON struct {
+	URI        string       `json:"uri"`
+	DataOffset int64        `json:"data_offset"`
+	Size       int64        `json:"size"`
+	Strategy   string       `json:"strategy"`
+	Tensors    []tensorJSON `json:"tensors"`
+}
+
+func metadataJSON(s *stream.Stream) []byte {
+	var doc struct {
+		Files []fileJSON `json:"files"`
+	}
+	for _, f := range s.Files() {
+		fj := fileJSON{URI: f.URI, DataOffset: f.Header.DataOffset, Size: f.Size, Strategy: f.Strategy,
+			Tensors: make([]tensorJSON, len(f.Tensors))}
+		for i, t := range f.Tensors {
+			shape := t.Shape
+			if shape == nil {
+				shape = []int64{}
+			}
+			fj.Tensors[i] = tensorJSON{Name: t.Name, DType: string(t.DType), Shape: shape, Offsets: [2]int64{t.Begin, t.End}}
+		}
+		doc.Files = append(doc.Files, fj)
+	}
+	b, err := json.Marshal(doc)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+//export msgo_stream_metadata
+func msgo_stream_metadata(h C.int64_t, buf *C.char, bufLen C.size_t, needed *C.size_t,
+	errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	e := lookup(h)
+	if e == nil {
+		setErr(errBuf, errLen, fmt.Sprintf("unknown stream handle %d", h))
+		return C.MS_ERR_BAD_HANDLE
+	}
+	e.metaOnce.Do(func() { e.meta = metadataJSON(e.s) })
+	if needed != nil {
+		*needed = C.size_t(len(e.meta) + 1)
+	}
+	if buf == nil || int(bufLen) < len(e.meta)+1 {
+		setErr(errBuf, errLen, fmt.Sprintf("metadata needs a buffer of %d bytes", len(e.meta)+1))
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(bufLen))
+	copy(dst, e.meta)
+	dst[len(e.meta)] = 0
+	return C.MS_OK
+}
+
+//export msgo_stream_next
+func msgo_stream_next(h C.int64_t, out *C.ms_tensor, max C.int32_t, n *C.int32_t, timeoutMs C.int32_t,
+	errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if out == nil || n == nil || max <= 0 {
+		setErr(errBuf, errLen, "ms_stream_next: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	*n = 0
+	e := lookup(h)
+	if e == nil {
+		setErr(errBuf, errLen, fmt.Sprintf("unknown stream handle %d", h))
+		return C.MS_ERR_BAD_HANDLE
+	}
+	timeout := time.Duration(timeoutMs) * time.Millisecond
+	if timeoutMs < 0 {
+		timeout = -1
+	}
+	batch, err := e.s.Next(context.Background(), int(max), timeout)
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	if len(batch) == 0 {
+		return C.MS_ERR_TIMEOUT
+	}
+	dst := unsafe.Slice(out, int(max))
+	for i, r := range batch {
+		var data unsafe.Pointer
+		if len(r.Data) > 0 {
+			data = unsafe.Pointer(unsafe.SliceData(r.Data))
+		}
+		dst[i] = C.ms_tensor{
+			file_index:   C.int32_t(r.File),
+			tensor_index: C.int32_t(r.Tensor),
+			data:         data,
+			nbytes:       C.uint64_t(len(r.Data)),
+			token:        C.uint64_t(r.Token),
+		}
+	}
+	*n = C.int32_t(len(batch))
+	return C.MS_OK
+}
+
+//export msgo_release
+func msgo_release(token C.uint64_t) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	stream.Release(stream.Token(token))
+	return C.MS_OK
+}
+
+//export msgo_stream_stats
+func msgo_stream_stats(h C.int64_t, out *C.ms_stats) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	e := lookup(h)
+	if e == nil {
+		return C.MS_ERR_BAD_HANDLE
+	}
+	if out == nil {
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	st := e.s.Stats()
+	*out = C.ms_stats{
+		bytes_requested:   C.uint64_t(st.BytesRequested),
+		bytes_read:        C.uint64_t(st.BytesRead),
+		reads:             C.uint64_t(st.Reads),
+		retries:           C.uint64_t(st.Retries),
+		tensors_delivered: C.uint64_t(st.TensorsDelivered),
+		arena_bytes:       C.uint64_t(st.ArenaBytes),
+		first_tensor_ns:   C.int64_t(st.FirstTensor),
+		elapsed_ns:        C.int64_t(st.Elapsed),
+		memory_wait_ns:    C.int64_t(st.MemoryWait),
+		consumer_wait_ns:  C.int64_t(st.ConsumerWait),
+	}
+	return C.MS_OK
+}
+
+//export msgo_stream_close
+func msgo_stream_close(h C.int64_t) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	handlesMu.Lock()
+	e := handles[int64(h)]
+	delete(handles, int64(h))
+	handlesMu.Unlock()
+	if e == nil {
+		return C.MS_ERR_BAD_HANDLE
+	}
+	_ = e.s.Close()
+	return C.MS_OK
+}

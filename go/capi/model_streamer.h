@@ -1,0 +1,130 @@
+/*
+ * model_streamer.h: the C ABI of libmodelstreamer.so.
+ *
+ * This header is the contract. The text between the CDEF markers is fed
+ * verbatim to cffi's cdef(), so it holds only plain declarations and
+ * integer #defines (no other preprocessor lines).
+ *
+ * Conventions:
+ *  - Every function returns an int status: MS_OK or one of MS_ERR_*.
+ *  - Functions that can fail with a message take (char *err, size_t err_len):
+ *    on failure a NUL-terminated message (truncated to err_len) is copied
+ *    there. err may be NULL.
+ *  - Streams are named by opaque int64 handles. A stale or unknown handle
+ *    gives MS_ERR_BAD_HANDLE, never a crash.
+ *  - Every function is thread-safe. Blocking calls take a timeout so the
+ *    caller can handle signals between waits.
+ *  - Memory handed out (ms_tensor.data) is owned by the library. It stays
+ *    valid until its token is released with ms_release(), even after
+ *    ms_stream_close(): the last release frees it.
+ *  - In a process forked from one that had loaded the library, every
+ *    function returns MS_ERR_FORKED.
+ */
+#ifndef MODEL_STREAMER_H
+#define MODEL_STREAMER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF BEGIN */
+#define MS_ABI_VERSION 1
+
+#define MS_OK 0
+#define MS_ERR_INVALID_ARGUMENT 1 /* bad request or invalid file contents */
+#define MS_ERR_NOT_FOUND 2
+#define MS_ERR_PERMISSION_DENIED 3
+#define MS_ERR_MEMORY_LIMIT 4 /* memory limit below the largest tensor */
+#define MS_ERR_IO 5           /* storage failure while reading */
+#define MS_ERR_TIMEOUT 6      /* a timed wait expired; not a failure */
+#define MS_ERR_END 7          /* every tensor has been delivered */
+#define MS_ERR_CLOSED 8       /* the stream was closed */
+#define MS_ERR_BAD_HANDLE 9
+#define MS_ERR_CANCELED 10
+#define MS_ERR_INTERNAL 11 /* a bug: a recovered panic */
+#define MS_ERR_FORKED 12   /* called in a child after fork() */
+
+#define MS_READ_AUTO 0     /* per file: mmap when cached, O_DIRECT when not */
+#define MS_READ_BUFFERED 1 /* pread through the page cache */
+#define MS_READ_DIRECT 2   /* O_DIRECT, falling back to pread where unsupported */
+#define MS_READ_MMAP 3     /* zero-copy private mapping (memory limit -1 only) */
+
+typedef struct {
+    int32_t concurrency;  /* reader goroutines; <= 0: default */
+    int64_t memory_limit; /* -1: whole request, 0: largest tensor, N: N bytes */
+    int64_t chunk_bytes;  /* bytes per read; <= 0: default */
+    int32_t read_mode;    /* MS_READ_* */
+} ms_config;
+
+/* One tensor whose bytes are in memory. */
+typedef struct {
+    int32_t file_index;   /* index into the uris passed to ms_stream_open */
+    int32_t tensor_index; /* index into that file's "tensors" in the metadata */
+    void *data;           /* first byte of the tensor (NULL when nbytes == 0) */
+    uint64_t nbytes;
+    uint64_t token;       /* pass to ms_release() when done with data */
+} ms_tensor;
+
+typedef struct {
+    uint64_t bytes_requested;  /* tensor bytes the request covers */
+    uint64_t bytes_read;       /* bytes read (or mapped) from storage, headers included */
+    uint64_t reads;            /* read calls issued to storage */
+    uint64_t retries;
+    uint64_t tensors_delivered;
+    uint64_t arena_bytes;      /* CPU memory the stream allocated, peak */
+    int64_t first_tensor_ns;   /* open -> first tensor ready; -1 if none yet */
+    int64_t elapsed_ns;        /* open -> last tensor ready (or now) */
+    int64_t memory_wait_ns;    /* readers waiting for buffer space (consumer-bound) */
+    int64_t consumer_wait_ns;  /* ms_stream_next waiting for data (storage-bound) */
+} ms_stats;
+
+/* Library version string, e.g. "0.1.0". Always succeeds. */
+const char *ms_version(void);
+
+/* Reads and validates the headers of every file (in parallel), plans the
+ * reads and starts streaming. names: the tensors to stream (n_names < 0:
+ * all of them); a name found in no file fails with MS_ERR_INVALID_ARGUMENT
+ * listing the unknown names. */
+int ms_stream_open(const char *const *uris, int32_t n_uris,
+                   const char *const *names, int32_t n_names,
+                   const ms_config *config, int64_t *handle,
+                   char *err, size_t err_len);
+
+/* The validated headers as JSON:
+ * {"files":[{"uri":"...","data_offset":N,"size":N,
+ *            "tensors":[{"name":"...","dtype":"F32","shape":[..],
+ *                        "offsets":[begin,end]}, ...]}, ...]}
+ * "tensors" lists the requested tensors in file-offset order; offsets are
+ * relative to the data section. Writes at most buf_len bytes (NUL included)
+ * and sets *needed to the full length + 1; if buf_len < *needed nothing
+ * useful is written and the call returns MS_ERR_INVALID_ARGUMENT. */
+int ms_stream_metadata(int64_t handle, char *buf, size_t buf_len,
+                       size_t *needed, char *err, size_t err_len);
+
+/* Waits up to timeout_ms (< 0: forever) for tensors and copies up to max
+ * of them into out, setting *n. Returns MS_OK with *n > 0, MS_ERR_TIMEOUT
+ * with *n == 0, MS_ERR_END once every tensor has been delivered, or the
+ * error that stopped the stream. */
+int ms_stream_next(int64_t handle, ms_tensor *out, int32_t max, int32_t *n,
+                   int32_t timeout_ms, char *err, size_t err_len);
+
+/* Returns a tensor's memory to the library. Idempotent: a second release
+ * of the same token is a no-op. Valid after ms_stream_close(). */
+int ms_release(uint64_t token);
+
+int ms_stream_stats(int64_t handle, ms_stats *out);
+
+/* Cancels outstanding reads, waits until none can still write into the
+ * stream's memory, and frees the handle. Memory behind unreleased tokens
+ * is freed when they are released. */
+int ms_stream_close(int64_t handle);
+/* CDEF END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MODEL_STREAMER_H */

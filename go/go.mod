@@ -1,0 +1,5 @@
+module github.com/model-streamer/model-streamer/go
+
+go 1.26.8
+
+require golang.org/x/sys v0.49.0

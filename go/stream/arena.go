@@ -1,0 +1,206 @@
+package stream
+
+import (
+	"fmt"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// segment is one block of memory that regions live in: anonymous memory the
+// arena allocated, or a file mapping lent by a storage object. It is given
+// back (release) once it is retired and no region in it is live.
+type segment struct {
+	mem     []byte
+	live    int // regions placed and not yet freed
+	retired bool
+	own     bool // standalone memory the arena allocated outside the ring
+	release func()
+}
+
+// allocAnon maps n bytes of private anonymous memory, 2 MiB aligned and
+// advised for transparent huge pages: first touch of fresh memory dominates
+// the cost of a hot-cache load, and huge pages cut its page faults 512-fold.
+func allocAnon(n int64) ([]byte, func(), error) {
+	const huge = 2 << 20
+	if n <= 0 {
+		return nil, func() {}, nil
+	}
+	size := alignUp(n, alignment)
+	if size < huge {
+		mem, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			return nil, nil, fmt.Errorf("allocating %d bytes: %w", size, err)
+		}
+		return mem[:n:n], func() { _ = unix.Munmap(mem) }, nil
+	}
+	raw, err := unix.Mmap(-1, 0, int(size+huge), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, nil, fmt.Errorf("allocating %d bytes: %w", size, err)
+	}
+	// Trim to a 2 MiB aligned start so huge pages can back it.
+	base := addrOf(raw)
+	skip := int64(alignUp(int64(base), huge) - int64(base))
+	mem := raw[skip : skip+size : skip+size]
+	_ = unix.Madvise(mem, unix.MADV_HUGEPAGE)
+	return mem[:n:n], func() { _ = unix.Munmap(raw) }, nil
+}
+
+// arena hands out memory for regions in plan order and takes it back when
+// their tokens are released. Bounded arenas are a ring over one segment;
+// when the consumer pins ring space by keeping tensors and nothing else can
+// progress, a region gets memory of its own instead of waiting forever.
+type arena struct {
+	mu       sync.Mutex
+	cond     *sync.Cond
+	capacity int64
+	ring     *segment
+	live     []*region // regions in the ring, in allocation order
+	head     int64     // next free offset in the ring
+	closed   bool
+	waiting  bool  // a caller is blocked in alloc
+	grant    bool  // the consumer allows one allocation outside the ring
+	peak     int64 // bytes allocated at once, peak
+	current  int64
+	lent     []*segment // file mappings regions point into
+	onWait   func()     // called (under mu) when alloc starts waiting
+}
+
+func newArena(capacity int64) (*arena, error) {
+	mem, release, err := allocAnon(capacity)
+	if err != nil {
+		return nil, err
+	}
+	a := &arena{capacity: capacity, ring: &segment{mem: mem, release: release}}
+	a.cond = sync.NewCond(&a.mu)
+	a.current = capacity
+	a.peak = capacity
+	return a, nil
+}
+
+// alloc places r (whose span fits the capacity) in the ring, waiting for
+// space. It returns false if the arena was closed while waiting.
+func (a *arena) alloc(r *region) (bool, error) {
+	n := r.span()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for {
+		if a.closed {
+			return false, nil
+		}
+		if off, ok := a.fit(n); ok {
+			r.seg, r.off = a.ring, off
+			r.mem = a.ring.mem[off : off+n : off+n]
+			a.ring.live++
+			a.live = append(a.live, r)
+			a.head = off + n
+			return true, nil
+		}
+		if a.grant {
+			a.grant = false
+			mem, release, err := allocAnon(n)
+			if err != nil {
+				return false, err
+			}
+			r.seg = &segment{mem: mem, live: 1, retired: true, own: true, release: release}
+			r.mem = mem
+			a.current += n
+			if a.current > a.peak {
+				a.peak = a.current
+			}
+			return true, nil
+		}
+		a.waiting = true
+		if a.onWait != nil {
+			a.onWait()
+		}
+		a.cond.Wait()
+		a.waiting = false
+	}
+}
+
+// fit finds room for n bytes after head, wrapping to the start if needed.
+func (a *arena) fit(n int64) (int64, bool) {
+	if len(a.live) == 0 {
+		a.head = 0
+		return 0, n <= a.capacity
+	}
+	// Live regions occupy [tail, head) when the ring has not wrapped; once
+	// it has, head <= tail (equal when full) and only [head, tail) is free.
+	tail := a.live[0].off
+	if a.head > tail {
+		if a.capacity-a.head >= n {
+			return a.head, true
+		}
+		return 0, tail >= n
+	}
+	return a.head, tail-a.head >= n
+}
+
+// unstick lets a blocked alloc proceed outside the ring. The consumer calls
+// it when it is waiting for tensors that cannot come: the ring is full of
+// regions it still holds and no read is in flight.
+func (a *arena) unstick() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.waiting {
+		return false
+	}
+	a.grant = true
+	a.cond.Broadcast()
+	return true
+}
+
+// free returns r's memory.
+func (a *arena) free(r *region) {
+	a.mu.Lock()
+	seg := r.seg
+	seg.live--
+	var give func()
+	if seg == a.ring {
+		// Regions leave the ring in allocation order; one released early
+		// waits (marked by a nil mem) until those before it are gone.
+		r.mem = nil
+		for len(a.live) > 0 && a.live[0].mem == nil {
+			a.live = a.live[1:]
+		}
+		// A waiter must look again before the consumer may call it stuck.
+		a.waiting = false
+		a.cond.Broadcast()
+	} else if seg.own {
+		a.current -= int64(len(seg.mem))
+	}
+	if seg.retired && seg.live == 0 && seg.release != nil {
+		give, seg.release = seg.release, nil
+	}
+	a.mu.Unlock()
+	if give != nil {
+		give()
+	}
+}
+
+// close wakes waiters and retires the ring; its memory goes back once no
+// region in it is live.
+func (a *arena) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.cond.Broadcast()
+	var give []func()
+	for _, seg := range append([]*segment{a.ring}, a.lent...) {
+		seg.retired = true
+		if seg.live == 0 && seg.release != nil {
+			give = append(give, seg.release)
+			seg.release = nil
+		}
+	}
+	a.mu.Unlock()
+	for _, g := range give {
+		g()
+	}
+}
+
+func (a *arena) peakBytes() int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.peak
+}

@@ -1,0 +1,74 @@
+package stream
+
+import (
+	"context"
+
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+// Memory limit values with a meaning of their own (RUNAI_STREAMER_MEMORY_LIMIT).
+const (
+	// Unlimited sizes the buffer to the whole request; nothing is reused.
+	Unlimited int64 = -1
+	// LargestTensor sizes the buffer to the largest requested tensor.
+	LargestTensor int64 = 0
+)
+
+const (
+	DefaultConcurrency = 16
+	DefaultChunkBytes  = 8 << 20
+	// alignment is the granularity of every arena placement and aligned read:
+	// O_DIRECT wants buffer address, file offset and length on block bounds.
+	alignment = 4096
+)
+
+// Opener opens storage objects by URI; *storage.Registry is one.
+type Opener interface {
+	Open(ctx context.Context, uri string) (storage.Object, error)
+}
+
+// Config controls one stream. The zero value is not useful: start from
+// DefaultConfig.
+type Config struct {
+	// Concurrency is the number of reads in flight (<= 0: DefaultConcurrency).
+	Concurrency int
+	// MemoryLimit bounds the CPU memory the stream holds in flight:
+	// Unlimited (-1), LargestTensor (0) or a byte count, which may not be
+	// below the largest requested tensor.
+	MemoryLimit int64
+	// ChunkBytes is the size of one read (<= 0: DefaultChunkBytes).
+	ChunkBytes int64
+	// Storage opens the files. Required.
+	Storage Opener
+	// MaxRetries bounds retries of a transient read failure per chunk.
+	MaxRetries int
+}
+
+// DefaultConfig returns the documented defaults: 16 readers, no memory cap,
+// 8 MiB reads, over the given storage.
+func DefaultConfig(s Opener) Config {
+	return Config{
+		Concurrency: DefaultConcurrency,
+		MemoryLimit: Unlimited,
+		ChunkBytes:  DefaultChunkBytes,
+		Storage:     s,
+		MaxRetries:  3,
+	}
+}
+
+func (c Config) normalized() Config {
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.ChunkBytes <= 0 {
+		c.ChunkBytes = DefaultChunkBytes
+	}
+	c.ChunkBytes = alignUp(c.ChunkBytes, alignment)
+	if c.MaxRetries < 0 {
+		c.MaxRetries = 0
+	}
+	return c
+}
+
+func alignDown(v, a int64) int64 { return v - v%a }
+func alignUp(v, a int64) int64   { return alignDown(v+a-1, a) }

@@ -1,0 +1,64 @@
+package stream
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+type counters struct {
+	start          time.Time
+	bytesRequested atomic.Uint64
+	bytesRead      atomic.Uint64
+	reads          atomic.Uint64
+	retries        atomic.Uint64
+	firstTensor    atomic.Int64 // ns since start; -1 before the first
+	lastReady      atomic.Int64
+	memoryWait     atomic.Int64
+	consumerWait   atomic.Int64
+}
+
+// Stats is a snapshot of a stream's counters.
+type Stats struct {
+	BytesRequested   uint64        // tensor bytes requested
+	BytesRead        uint64        // bytes read or mapped from storage, headers included
+	Reads            uint64        // read calls to storage
+	Retries          uint64        // transient failures retried
+	TensorsDelivered uint64        // tensors made ready
+	ArenaBytes       uint64        // peak CPU memory the stream allocated
+	FirstTensor      time.Duration // open to first tensor ready; -1 before
+	Elapsed          time.Duration // open to last tensor ready, or to now while streaming
+	MemoryWait       time.Duration // readers waiting for buffer space (consumer-bound)
+	ConsumerWait     time.Duration // Next waiting for data (storage-bound)
+}
+
+// Throughput is requested bytes per second of Elapsed.
+func (st Stats) Throughput() float64 {
+	if st.Elapsed <= 0 {
+		return 0
+	}
+	return float64(st.BytesRequested) / st.Elapsed.Seconds()
+}
+
+// Stats returns the stream's counters now.
+func (s *Stream) Stats() Stats {
+	elapsed := time.Duration(s.st.lastReady.Load())
+	if int(s.delivered.Load()) < s.total {
+		elapsed = time.Since(s.st.start)
+	}
+	var arena int64
+	if s.arena != nil {
+		arena = s.arena.peakBytes()
+	}
+	return Stats{
+		BytesRequested:   s.st.bytesRequested.Load(),
+		BytesRead:        s.st.bytesRead.Load(),
+		Reads:            s.st.reads.Load(),
+		Retries:          s.st.retries.Load(),
+		TensorsDelivered: uint64(s.delivered.Load()),
+		ArenaBytes:       uint64(arena),
+		FirstTensor:      time.Duration(s.st.firstTensor.Load()),
+		Elapsed:          elapsed,
+		MemoryWait:       time.Duration(s.st.memoryWait.Load()),
+		ConsumerWait:     time.Duration(s.st.consumerWait.Load()),
+	}
+}

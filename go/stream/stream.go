@@ -1,0 +1,609 @@
+// Package stream is the engine: it reads the SafeTensors headers of every
+// requested file, plans the tensor bytes into regions, reads them with a
+// fixed pool of goroutines into one bounded arena (or maps them, when the
+// file is in the page cache and memory is not capped), and hands out each
+// tensor as soon as its bytes are in.
+//
+// The engine knows storage only through the storage.Object interface.
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/model-streamer/model-streamer/go/safetensors"
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+var (
+	// ErrInvalidRequest marks a request that cannot be served as asked
+	// (unknown tensor names, no files).
+	ErrInvalidRequest = errors.New("invalid request")
+	// ErrClosed is returned by Next after Close.
+	ErrClosed = errors.New("stream closed")
+)
+
+// MemoryLimitError reports a memory limit below the largest requested tensor.
+type MemoryLimitError struct {
+	Limit   int64
+	Largest int64
+	Tensor  string
+	URI     string
+}
+
+func (e *MemoryLimitError) Error() string {
+	return fmt.Sprintf("memory limit %d bytes is below the largest tensor %q of %s (%d bytes)",
+		e.Limit, e.Tensor, e.URI, e.Largest)
+}
+
+// FileInfo describes one requested file after its header was validated.
+type FileInfo struct {
+	URI  string
+	Size int64
+	// Header holds every tensor of the file; Tensors only the requested
+	// ones, in file order (the index Ready.Tensor refers to).
+	Header   *safetensors.Header
+	Tensors  []safetensors.Tensor
+	Strategy string // how the file is read: "buffered", "direct", "mmap" or ""
+}
+
+// Ready is one tensor whose bytes are in memory. Data stays valid until
+// Release(Token); a zero Token (empty tensors) needs no release.
+type Ready struct {
+	File   int
+	Tensor int
+	Data   []byte
+	Token  Token
+}
+
+type fileState struct {
+	uri      string
+	obj      storage.Object
+	size     int64
+	header   *safetensors.Header
+	tensors  []safetensors.Tensor
+	mapped   storage.Mappable // non-nil when read by mapping
+	strategy string
+}
+
+type chunk struct {
+	r   *region
+	off int64 // absolute file offset
+	n   int64
+}
+
+// Stream is one streaming request. Its methods are safe for concurrent use.
+type Stream struct {
+	cfg    Config
+	ctx    context.Context
+	cancel context.CancelFunc
+	files  []*fileState
+	plan   []*region
+	arena  *arena
+	jobs   chan chunk
+	wg     sync.WaitGroup
+	queue  readyQueue
+	total  int // tensors to deliver
+
+	inflight  atomic.Int64 // regions with memory whose reads are not done
+	delivered atomic.Int64 // tensors queued so far
+
+	errOnce sync.Once
+	err     error
+	errSet  atomic.Bool
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	st counters
+}
+
+// Open reads and validates the headers of uris (in parallel), selects the
+// tensors named (nil: all), checks the memory limit, and starts streaming.
+func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stream, error) {
+	cfg = cfg.normalized()
+	if cfg.Storage == nil {
+		return nil, fmt.Errorf("%w: no storage configured", ErrInvalidRequest)
+	}
+	if len(uris) == 0 {
+		return nil, fmt.Errorf("%w: no files given", ErrInvalidRequest)
+	}
+	s := &Stream{cfg: cfg}
+	s.st.start = time.Now()
+	s.st.firstTensor.Store(-1)
+	s.queue.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, s.cancel)
+	defer stop()
+
+	if err := s.openFiles(uris); err != nil {
+		s.abort()
+		return nil, err
+	}
+	if err := selectTensors(s.files, names); err != nil {
+		s.abort()
+		return nil, err
+	}
+	if err := s.planMemory(); err != nil {
+		s.abort()
+		return nil, err
+	}
+	s.start()
+	return s, nil
+}
+
+// openFiles opens every file and reads its header, all files at once.
+func (s *Stream) openFiles(uris []string) error {
+	s.files = make([]*fileState, len(uris))
+	errs := make([]error, len(uris))
+	sem := make(chan struct{}, s.cfg.Concurrency)
+	var wg sync.WaitGroup
+	for i, uri := range uris {
+		s.files[i] = &fileState{uri: uri}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			defer recoverInto(&errs[i])
+			errs[i] = s.openFile(s.files[i])
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+const speculativeHeaderBytes = 1 << 20
+
+func (s *Stream) openFile(f *fileState) error {
+	obj, err := s.cfg.Storage.Open(s.ctx, f.uri)
+	if err != nil {
+		return err
+	}
+	f.obj = obj
+	f.size = obj.Size()
+	if st, ok := obj.(interface{ Strategy() string }); ok {
+		f.strategy = st.Strategy()
+	}
+	buf, n, err := s.readPrefix(f, min(f.size, speculativeHeaderBytes))
+	if err != nil {
+		return err
+	}
+	hl, err := safetensors.HeaderLen(buf[:n], f.size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.uri, err)
+	}
+	if end := safetensors.PrefixLen + hl; end > n {
+		if buf, n, err = s.readPrefix(f, end); err != nil {
+			return err
+		}
+	}
+	h, err := safetensors.Parse(buf[safetensors.PrefixLen:safetensors.PrefixLen+hl], f.size)
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.uri, err)
+	}
+	f.header = h
+	return nil
+}
+
+// readPrefix reads the first n bytes of f (aligned as its object needs).
+func (s *Stream) readPrefix(f *fileState, n int64) ([]byte, int64, error) {
+	length := n
+	if _, ok := f.obj.(storage.Aligned); ok {
+		length = alignUp(n, alignment)
+	}
+	raw := make([]byte, length+alignment)
+	skip := alignUp(int64(addrOf(raw)), alignment) - int64(addrOf(raw))
+	buf := raw[skip : skip+length]
+	got, err := readFull(s.ctx, f.obj, buf, 0, n)
+	s.st.bytesRead.Add(uint64(got))
+	s.st.reads.Add(1)
+	if err != nil {
+		return nil, 0, wrapRead(f.uri, 0, n, err)
+	}
+	return buf, n, nil
+}
+
+// readFull reads until need bytes of dst are filled from off, accepting
+// io.EOF once they are.
+func readFull(ctx context.Context, obj storage.Object, dst []byte, off, need int64) (int64, error) {
+	var got int64
+	for got < need {
+		n, err := obj.ReadAt(ctx, dst[got:], off+got)
+		got += int64(n)
+		if got >= need {
+			return got, nil
+		}
+		if err != nil {
+			if err == io.EOF {
+				return got, io.ErrUnexpectedEOF
+			}
+			return got, err
+		}
+		if n == 0 {
+			return got, io.ErrNoProgress
+		}
+	}
+	return got, nil
+}
+
+func wrapRead(uri string, off, n int64, err error) error {
+	var se *storage.Error
+	if errors.As(err, &se) {
+		return err
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.InvalidArgument,
+			Err: errors.New("file ended early: was it truncated while streaming?")}
+	}
+	return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.CodeOf(err), Err: err}
+}
+
+// planMemory decides how each file is read, groups tensors into regions,
+// and sizes the arena for the regions that need one.
+func (s *Stream) planMemory() error {
+	limit := s.cfg.MemoryLimit
+	largest, name := largestTensor(s.files)
+	if limit > 0 && limit < largest {
+		uri := ""
+		for _, f := range s.files {
+			for _, t := range f.tensors {
+				if t.Name == name {
+					uri = f.uri
+				}
+			}
+		}
+		return &MemoryLimitError{Limit: limit, Largest: largest, Tensor: name, URI: uri}
+	}
+	maxSpan := s.cfg.ChunkBytes
+	switch {
+	case limit == LargestTensor:
+		maxSpan = min(maxSpan, alignUp(largest, alignment)+alignment)
+	case limit > 0:
+		maxSpan = min(maxSpan, max(alignDown(limit, alignment), 2*alignment))
+	}
+	perFile := planRegions(s.files, maxSpan)
+	s.plan = interleave(perFile)
+
+	var lent []*segment
+	var ringBytes, biggest int64
+	for fi, f := range s.files {
+		m, ok := f.obj.(storage.Mappable)
+		if ok && limit == Unlimited && len(perFile[fi]) > 0 {
+			mem, err := m.Map()
+			if err != nil {
+				return wrapRead(f.uri, 0, f.size, err)
+			}
+			f.mapped, f.strategy = m, "mmap"
+			seg := &segment{mem: mem, live: len(perFile[fi])}
+			obj := f.obj
+			seg.release = func() { _ = obj.Close() }
+			lent = append(lent, seg)
+			for _, r := range perFile[fi] {
+				r.seg = seg
+				r.mem = mem[r.spanStart:min(r.spanEnd, int64(len(mem)))]
+			}
+			continue
+		}
+		if ok && f.strategy == "mmap" {
+			f.strategy = "buffered"
+		}
+		for _, r := range perFile[fi] {
+			ringBytes += r.span()
+			biggest = max(biggest, r.span())
+		}
+	}
+	capacity := ringBytes
+	switch {
+	case limit == LargestTensor:
+		capacity = min(capacity, biggest)
+	case limit > 0:
+		capacity = min(capacity, max(alignDown(limit, alignment), biggest))
+	}
+	a, err := newArena(capacity)
+	if err != nil {
+		return err
+	}
+	a.lent = lent
+	s.arena = a
+	s.st.bytesRequested.Store(0)
+	for _, f := range s.files {
+		s.total += len(f.tensors)
+		for _, t := range f.tensors {
+			s.st.bytesRequested.Add(uint64(t.Bytes()))
+		}
+	}
+	return nil
+}
+
+func (s *Stream) start() {
+	// Empty tensors need no bytes: they are ready at once.
+	var empties []Ready
+	for fi, f := range s.files {
+		for ti, t := range f.tensors {
+			if t.Bytes() == 0 {
+				empties = append(empties, Ready{File: fi, Tensor: ti})
+			}
+		}
+	}
+	s.deliver(empties)
+	s.arena.onWait = s.queue.poke
+	s.jobs = make(chan chunk, s.cfg.Concurrency)
+	s.wg.Add(1 + s.cfg.Concurrency)
+	go s.dispatch()
+	for range s.cfg.Concurrency {
+		go s.work()
+	}
+}
+
+// dispatch assigns memory to regions in plan order and queues their reads.
+func (s *Stream) dispatch() {
+	defer s.wg.Done()
+	defer close(s.jobs)
+	defer recoverFail(s)
+	for _, r := range s.plan {
+		if s.ctx.Err() != nil {
+			return
+		}
+		if r.mem == nil {
+			wait := time.Now()
+			ok, err := s.arena.alloc(r)
+			s.st.memoryWait.Add(int64(time.Since(wait)))
+			if err != nil {
+				s.fail(err)
+				return
+			}
+			if !ok {
+				return
+			}
+		}
+		chunks := s.split(r)
+		s.inflight.Add(1)
+		r.pending.Store(int32(len(chunks)))
+		for _, c := range chunks {
+			select {
+			case s.jobs <- c:
+			case <-s.ctx.Done():
+				return
+			}
+		}
+	}
+}
+
+// split cuts r into reads of at most ChunkBytes. Aligned (O_DIRECT) objects
+// read whole aligned blocks; others read exactly the tensor bytes.
+func (s *Stream) split(r *region) []chunk {
+	f := s.files[r.file]
+	start, end := r.dataStart, r.dataEnd
+	if _, ok := f.obj.(storage.Aligned); ok && f.mapped == nil {
+		start, end = r.spanStart, r.spanEnd
+	}
+	var out []chunk
+	for off := start; off < end; {
+		next := min(alignDown(off, alignment)+s.cfg.ChunkBytes, end)
+		out = append(out, chunk{r: r, off: off, n: next - off})
+		off = next
+	}
+	return out
+}
+
+func (s *Stream) work() {
+	defer s.wg.Done()
+	for c := range s.jobs {
+		if s.ctx.Err() != nil {
+			continue
+		}
+		err := s.readChunk(c)
+		if err != nil {
+			s.fail(err)
+			continue
+		}
+		if c.r.pending.Add(-1) == 0 {
+			s.complete(c.r)
+		}
+	}
+}
+
+func (s *Stream) readChunk(c chunk) (err error) {
+	defer recoverInto(&err)
+	f := s.files[c.r.file]
+	if f.mapped != nil {
+		s.st.reads.Add(1)
+		if err := f.mapped.Populate(s.ctx, c.off, c.n); err != nil {
+			return wrapRead(f.uri, c.off, c.n, err)
+		}
+		s.st.bytesRead.Add(uint64(c.n))
+		return nil
+	}
+	dst := c.r.mem[c.off-c.r.spanStart : c.off-c.r.spanStart+c.n]
+	need := min(c.off+c.n, c.r.dataEnd) - c.off
+	var got int64
+	for attempt := 0; ; attempt++ {
+		s.st.reads.Add(1)
+		n, err := readFull(s.ctx, f.obj, dst[got:], c.off+got, need-got)
+		got += n
+		s.st.bytesRead.Add(uint64(n))
+		if err == nil {
+			return nil
+		}
+		if s.ctx.Err() != nil || storage.CodeOf(err) != storage.Unavailable || attempt >= s.cfg.MaxRetries {
+			return wrapRead(f.uri, c.off, c.n, err)
+		}
+		s.st.retries.Add(1)
+		// Back off with jitter, then resume from the last byte received.
+		d := time.Duration(50<<attempt)*time.Millisecond + time.Duration(rand.Int64N(int64(50*time.Millisecond)))
+		select {
+		case <-time.After(d):
+		case <-s.ctx.Done():
+			return wrapRead(f.uri, c.off, c.n, s.ctx.Err())
+		}
+	}
+}
+
+// complete queues the tensors of a fully read region.
+func (s *Stream) complete(r *region) {
+	f := s.files[r.file]
+	batch := make([]Ready, 0, r.count)
+	for i, t := range tensorsOf(f, r) {
+		if t.Bytes() == 0 {
+			continue
+		}
+		batch = append(batch, Ready{
+			File:   r.file,
+			Tensor: r.first + i,
+			Data:   r.tensorBytes(f.header.DataOffset+t.Begin, f.header.DataOffset+t.End),
+		})
+	}
+	r.refs.Store(int32(len(batch)))
+	r.completed.Store(true)
+	for i := range batch {
+		batch[i].Token = newToken(s, r)
+	}
+	// Deliver before leaving the in-flight count, so that Next never sees
+	// neither a ready tensor nor a read in flight while this region's are coming.
+	s.deliver(batch)
+	if s.inflight.Add(-1) == 0 {
+		s.queue.poke() // a waiting Next may now find the reader stuck
+	}
+}
+
+func (s *Stream) deliver(batch []Ready) {
+	if len(batch) == 0 {
+		return
+	}
+	now := int64(time.Since(s.st.start))
+	s.st.firstTensor.CompareAndSwap(-1, now)
+	s.st.lastReady.Store(now)
+	s.delivered.Add(int64(len(batch)))
+	s.queue.push(batch)
+}
+
+// release returns one tensor's claim on r.
+func (s *Stream) release(r *region) {
+	if r.refs.Add(-1) == 0 {
+		s.arena.free(r)
+	}
+}
+
+func (s *Stream) fail(err error) {
+	s.errOnce.Do(func() {
+		s.err = err
+		s.errSet.Store(true)
+		s.cancel()
+		s.queue.poke()
+	})
+}
+
+// Files describes the requested files, in request order.
+func (s *Stream) Files() []FileInfo {
+	out := make([]FileInfo, len(s.files))
+	for i, f := range s.files {
+		out[i] = FileInfo{URI: f.uri, Size: f.size, Header: f.header, Tensors: f.tensors, Strategy: f.strategy}
+	}
+	return out
+}
+
+// Next waits up to timeout (< 0: no limit) for ready tensors and returns
+// at most max of them (max <= 0: all that are ready). It returns io.EOF
+// once every tensor has been returned, ErrClosed after Close, the error
+// that stopped the stream, or (nil, nil) when the timeout expires.
+func (s *Stream) Next(ctx context.Context, max int, timeout time.Duration) ([]Ready, error) {
+	var deadline <-chan time.Time
+	if timeout >= 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	var waitStart time.Time
+	defer func() {
+		if !waitStart.IsZero() {
+			s.st.consumerWait.Add(int64(time.Since(waitStart)))
+		}
+	}()
+	for {
+		if s.closed.Load() {
+			return nil, ErrClosed
+		}
+		if s.errSet.Load() {
+			return nil, s.err
+		}
+		if batch := s.queue.take(max); len(batch) > 0 {
+			return batch, nil
+		}
+		if s.queue.taken() == s.total {
+			return nil, io.EOF
+		}
+		// Nothing ready and nothing being read: the reader is waiting for
+		// memory the caller still holds. Let it go on in fresh memory.
+		if s.inflight.Load() == 0 && s.arena.unstick() {
+			continue
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+		}
+		select {
+		case <-s.queue.notify:
+		case <-deadline:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Close stops reading, waits until no read can still land in the stream's
+// memory, and frees what no delivered tensor holds. Memory behind tokens
+// not yet released is freed on their release.
+func (s *Stream) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.cancel()
+		s.arena.close()
+		s.wg.Wait()
+		s.queue.poke()
+		// Tensors queued but never taken go back now.
+		for _, r := range s.queue.drain() {
+			Release(r.Token)
+		}
+		// Regions that got memory but never completed.
+		for _, r := range s.plan {
+			if r.mem != nil && r.refs.Load() == 0 && !r.done() {
+				s.arena.free(r)
+			}
+		}
+		for _, f := range s.files {
+			if f.obj != nil && f.mapped == nil {
+				_ = f.obj.Close()
+			}
+		}
+	})
+	return nil
+}
+
+// abort undoes a partly opened stream.
+func (s *Stream) abort() {
+	s.cancel()
+	for _, f := range s.files {
+		if f != nil && f.obj != nil {
+			_ = f.obj.Close()
+		}
+	}
+}
+
+func recoverInto(err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("internal error: %v", p)
+	}
+}
+
+func recoverFail(s *Stream) {
+	if p := recover(); p != nil {
+		s.fail(fmt.Errorf("internal error: %v", p))
+	}
+}

@@ -1,0 +1,260 @@
+package stream_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/model-streamer/model-streamer/go/internal/sttest"
+	"github.com/model-streamer/model-streamer/go/safetensors"
+	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/fs"
+	"github.com/model-streamer/model-streamer/go/stream"
+)
+
+type checkpoint struct {
+	paths []string
+	want  map[string][]byte
+}
+
+// writeCheckpoint writes nfiles random files with up to ntensors each.
+func writeCheckpoint(t *testing.T, seed uint64, nfiles, ntensors int, maxElems int64) checkpoint {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, 1))
+	dir := t.TempDir()
+	cp := checkpoint{want: map[string][]byte{}}
+	for i := range nfiles {
+		path := filepath.Join(dir, fmt.Sprintf("model-%d.safetensors", i))
+		tensors := sttest.Random(rng, fmt.Sprintf("f%d", i), 1+rng.IntN(ntensors), maxElems)
+		want, err := sttest.Write(path, tensors, seed+uint64(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want {
+			cp.want[k] = v
+		}
+		cp.paths = append(cp.paths, path)
+	}
+	return cp
+}
+
+func registry(mode fs.Mode) *storage.Registry {
+	r := storage.NewRegistry()
+	r.Register("file", fs.New(fs.Options{Mode: mode}))
+	return r
+}
+
+// drain reads every tensor, checks its bytes, and releases it (or keeps
+// them all when keep is set) and returns the names seen.
+func drain(t *testing.T, s *stream.Stream, want map[string][]byte, keep bool) map[string]bool {
+	t.Helper()
+	files := s.Files()
+	seen := map[string]bool{}
+	var kept []stream.Ready
+	for {
+		batch, err := s.Next(context.Background(), 7, 10*time.Second)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if batch == nil {
+			t.Fatal("timed out waiting for tensors")
+		}
+		for _, r := range batch {
+			name := files[r.File].Tensors[r.Tensor].Name
+			if seen[name] {
+				t.Fatalf("tensor %s delivered twice", name)
+			}
+			seen[name] = true
+			if !bytes.Equal(r.Data, want[name]) {
+				t.Fatalf("tensor %s: bytes differ (got %d bytes, want %d)", name, len(r.Data), len(want[name]))
+			}
+			if keep {
+				kept = append(kept, r)
+			} else {
+				r.Release()
+			}
+		}
+	}
+	// Kept tensors must still hold their bytes after the stream ends.
+	for _, r := range kept {
+		name := files[r.File].Tensors[r.Tensor].Name
+		if !bytes.Equal(r.Data, want[name]) {
+			t.Fatalf("kept tensor %s changed after delivery", name)
+		}
+		r.Release()
+	}
+	return seen
+}
+
+func TestStreamsEveryTensorUnderEachMemoryMode(t *testing.T) {
+	cp := writeCheckpoint(t, 7, 4, 60, 40000)
+	var largest int64
+	for _, b := range cp.want {
+		largest = max(largest, int64(len(b)))
+	}
+	cases := []struct {
+		limit       int64
+		mode        fs.Mode
+		concurrency int
+		chunk       int64
+		keep        bool
+	}{
+		{stream.Unlimited, fs.Auto, 8, 0, false},
+		{stream.Unlimited, fs.Buffered, 1, 64 << 10, true},
+		{stream.Unlimited, fs.Direct, 8, 64 << 10, false},
+		{stream.Unlimited, fs.Mmap, 4, 0, true},
+		{stream.LargestTensor, fs.Buffered, 8, 64 << 10, false},
+		{stream.LargestTensor, fs.Direct, 3, 32 << 10, false},
+		{stream.LargestTensor, fs.Buffered, 2, 0, true},
+		{stream.LargestTensor, fs.Mmap, 4, 0, false},
+		{largest + 100<<10, fs.Buffered, 8, 16 << 10, false},
+		{largest + 100<<10, fs.Direct, 16, 16 << 10, true},
+		{3 * largest, fs.Auto, 1, 0, false},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("limit=%d/mode=%d/conc=%d/chunk=%d/keep=%v", c.limit, c.mode, c.concurrency, c.chunk, c.keep), func(t *testing.T) {
+			cfg := stream.DefaultConfig(registry(c.mode))
+			cfg.MemoryLimit, cfg.Concurrency, cfg.ChunkBytes = c.limit, c.concurrency, c.chunk
+			s, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			seen := drain(t, s, cp.want, c.keep)
+			if len(seen) != len(cp.want) {
+				t.Fatalf("got %d tensors, want %d", len(seen), len(cp.want))
+			}
+			st := s.Stats()
+			if st.TensorsDelivered != uint64(len(cp.want)) || st.FirstTensor < 0 {
+				t.Fatalf("stats: %+v", st)
+			}
+			if c.limit == stream.LargestTensor && !c.keep && st.ArenaBytes > uint64(largest)+3*4096 {
+				t.Fatalf("arena %d bytes exceeds the largest tensor %d", st.ArenaBytes, largest)
+			}
+		})
+	}
+}
+
+func TestTensorNames(t *testing.T) {
+	cp := writeCheckpoint(t, 11, 3, 30, 1000)
+	var names []string
+	for n := range cp.want {
+		if len(names) < 10 {
+			names = append(names, n)
+		}
+	}
+	cfg := stream.DefaultConfig(registry(fs.Auto))
+	s, err := stream.Open(context.Background(), cfg, cp.paths, names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seen := drain(t, s, cp.want, false)
+	if len(seen) != len(names) {
+		t.Fatalf("got %d tensors, want %d", len(seen), len(names))
+	}
+
+	_, err = stream.Open(context.Background(), cfg, cp.paths, []string{names[0], "no.such", "also.missing"})
+	if !errors.Is(err, stream.ErrInvalidRequest) || !strings.Contains(err.Error(), `"also.missing", "no.such"`) {
+		t.Fatalf("unknown names: got %v", err)
+	}
+}
+
+func TestMemoryLimitBelowLargestTensor(t *testing.T) {
+	cp := writeCheckpoint(t, 3, 1, 20, 5000)
+	cfg := stream.DefaultConfig(registry(fs.Auto))
+	cfg.MemoryLimit = 10
+	_, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+	var mle *stream.MemoryLimitError
+	if !errors.As(err, &mle) || !strings.Contains(err.Error(), cp.paths[0]) {
+		t.Fatalf("got %v, want a MemoryLimitError naming the file", err)
+	}
+}
+
+func TestInvalidFilesNameTheFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name string
+		path string
+		is   error
+	}{
+		{"missing", filepath.Join(dir, "missing.safetensors"), storage.ErrNotFound},
+		{"directory", dir, storage.ErrInvalidArgument},
+		{"empty", write("empty.safetensors", nil), safetensors.ErrInvalid},
+		{"short", write("short.safetensors", []byte{1, 2, 3}), safetensors.ErrInvalid},
+		{"not json", write("notjson.safetensors", append([]byte{4, 0, 0, 0, 0, 0, 0, 0}, "abcd"...)), safetensors.ErrInvalid},
+	}
+	cfg := stream.DefaultConfig(registry(fs.Auto))
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := stream.Open(context.Background(), cfg, []string{c.path}, nil)
+			if !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.path) {
+				t.Fatalf("got %v, want %v naming %s", err, c.is, c.path)
+			}
+		})
+	}
+}
+
+func TestCloseMidStreamAndReleaseAfterClose(t *testing.T) {
+	cp := writeCheckpoint(t, 5, 2, 50, 50000)
+	cfg := stream.DefaultConfig(registry(fs.Buffered))
+	cfg.MemoryLimit = stream.LargestTensor
+	cfg.ChunkBytes = 16 << 10
+	s, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := s.Next(context.Background(), 1, 10*time.Second)
+	if err != nil || len(batch) != 1 {
+		t.Fatalf("first tensor: %v %v", batch, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The delivered tensor's memory outlives Close until released.
+	name := s.Files()[batch[0].File].Tensors[batch[0].Tensor].Name
+	if !bytes.Equal(batch[0].Data, cp.want[name]) {
+		t.Fatal("tensor changed after Close")
+	}
+	batch[0].Release()
+	batch[0].Release() // idempotent
+	if _, err := s.Next(context.Background(), 1, 0); !errors.Is(err, stream.ErrClosed) {
+		t.Fatalf("Next after Close: %v", err)
+	}
+}
+
+func TestTwoStreamsAtOnce(t *testing.T) {
+	a := writeCheckpoint(t, 21, 2, 20, 20000)
+	b := writeCheckpoint(t, 22, 2, 20, 20000)
+	cfg := stream.DefaultConfig(registry(fs.Auto))
+	sa, err := stream.Open(context.Background(), cfg, a.paths, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := stream.Open(context.Background(), cfg, b.paths, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	drain(t, sb, b.want, false)
+	drain(t, sa, a.want, false)
+}
