@@ -20,13 +20,15 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/model-streamer/model-streamer/go/fetch"
 	"github.com/model-streamer/model-streamer/go/safetensors"
 	"github.com/model-streamer/model-streamer/go/storage"
-	"github.com/model-streamer/model-streamer/go/storage/fs"
 	"github.com/model-streamer/model-streamer/go/stream"
 )
 
 func main() {}
+
+type cConfig = C.ms_config
 
 type entry struct {
 	s        *stream.Stream
@@ -113,31 +115,18 @@ func cStrings(p **C.char, n C.int32_t) []string {
 
 //export msgo_stream_open
 func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.int32_t,
-	config *C.ms_config, handle *C.int64_t, errBuf *C.char, errLen C.size_t) (rc C.int) {
+	config *cConfig, handle *C.int64_t, errBuf *C.char, errLen C.size_t) (rc C.int) {
 	defer guard(&rc, errBuf, errLen)
 	if handle == nil || (uris == nil && nURIs > 0) || nURIs < 0 || (names == nil && nNames > 0) {
 		setErr(errBuf, errLen, "ms_stream_open: invalid arguments")
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
-	mode := fs.Auto
-	cfg := stream.DefaultConfig(nil)
-	if config != nil {
-		cfg.Concurrency = int(config.concurrency)
-		cfg.MemoryLimit = int64(config.memory_limit)
-		cfg.ChunkBytes = int64(config.chunk_bytes)
-		mode = fs.Mode(config.read_mode)
-		if mode < fs.Auto || mode > fs.Mmap {
-			setErr(errBuf, errLen, fmt.Sprintf("ms_stream_open: unknown read mode %d", config.read_mode))
-			return C.MS_ERR_INVALID_ARGUMENT
-		}
-		if cfg.MemoryLimit < stream.Unlimited {
-			setErr(errBuf, errLen, fmt.Sprintf("memory limit %d: must be -1, 0 or a byte count", cfg.MemoryLimit))
-			return C.MS_ERR_INVALID_ARGUMENT
-		}
+	req, err := parseConfig(config)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
-	reg := storage.NewRegistry()
-	reg.Register("file", fs.New(fs.Options{Mode: mode}))
-	cfg.Storage = reg
+	cfg := stream.DefaultConfig(req.registry())
+	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes = req.concurrency, req.memoryLimit, req.chunkBytes
 	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -299,5 +288,62 @@ func msgo_stream_close(h C.int64_t) (rc C.int) {
 		return C.MS_ERR_BAD_HANDLE
 	}
 	_ = e.s.Close()
+	return C.MS_OK
+}
+
+//export msgo_list
+func msgo_list(uri *C.char, recursive C.int32_t, config *cConfig, out **C.char,
+	errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if uri == nil || out == nil {
+		setErr(errBuf, errLen, "ms_list: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	*out = nil
+	req, err := parseConfig(config)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	objects, err := req.registry().List(context.Background(), C.GoString(uri), recursive != 0)
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	if objects == nil {
+		objects = []storage.ObjectInfo{}
+	}
+	b, err := json.Marshal(map[string]any{"objects": objects})
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	*out = C.CString(string(b))
+	return C.MS_OK
+}
+
+//export msgo_free
+func msgo_free(p *C.char) {
+	C.free(unsafe.Pointer(p))
+}
+
+//export msgo_download
+func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if uri == nil || path == nil {
+		setErr(errBuf, errLen, "ms_download: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	req, err := parseConfig(config)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	ctx := context.Background()
+	obj, err := req.registry().Open(ctx, C.GoString(uri))
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	defer obj.Close()
+	err = fetch.ToFile(ctx, obj, C.GoString(path), fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes})
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
 	return C.MS_OK
 }

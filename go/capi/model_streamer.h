@@ -53,10 +53,15 @@ extern "C" {
 #define MS_READ_MMAP 3     /* zero-copy private mapping (memory limit -1 only) */
 
 typedef struct {
-    int32_t concurrency;  /* reader goroutines; <= 0: default */
+    int32_t concurrency;  /* reads in flight; <= 0: the backend's default */
     int64_t memory_limit; /* -1: whole request, 0: largest tensor, N: N bytes */
-    int64_t chunk_bytes;  /* bytes per read; <= 0: default */
-    int32_t read_mode;    /* MS_READ_* */
+    int64_t chunk_bytes;  /* bytes per read; <= 0: the backend's default */
+    int32_t read_mode;    /* MS_READ_* (local files) */
+    /* Backend settings as "NAME=VALUE" strings, named like the environment
+     * variables that document them (AWS_ENDPOINT_URL=..., ...). The library
+     * never reads the environment itself: pass what the backends need. */
+    const char *const *settings;
+    int32_t n_settings;
 } ms_config;
 
 /* One tensor whose bytes are in memory. */
@@ -116,6 +121,22 @@ int ms_stream_next(int64_t handle, ms_tensor *out, int32_t max, int32_t *n,
 int ms_release(uint64_t token);
 
 int ms_stream_stats(int64_t handle, ms_stats *out);
+
+/* Lists the objects under uri (a directory or a key prefix) as JSON,
+ * {"objects":[{"uri":"...","size":N}, ...]} sorted by uri, in a string the
+ * library allocates: *out_json, to be freed with ms_free(). recursive == 0
+ * lists direct children only. */
+int ms_list(const char *uri, int32_t recursive, const ms_config *config,
+            char **out_json, char *err, size_t err_len);
+
+/* Frees a string the library returned. */
+void ms_free(char *p);
+
+/* Copies the object at uri to the local file path, reading ranges in
+ * parallel; the file is written under a temporary name in the same
+ * directory and renamed into place when complete. */
+int ms_download(const char *uri, const char *path, const ms_config *config,
+                char *err, size_t err_len);
 
 /* Cancels outstanding reads, waits until none can still write into the
  * stream's memory, and frees the handle. Memory behind unreleased tokens

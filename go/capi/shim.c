@@ -1,6 +1,7 @@
 // The public entry points. They stop calls made in a child after fork():
 // the Go runtime's threads do not survive fork, so entering Go there would
 // hang the child. Everything else is forwarded to the Go exports.
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -57,4 +58,20 @@ int ms_stream_stats(int64_t handle, ms_stats *out) {
 int ms_stream_close(int64_t handle) {
     if (forked(NULL, 0)) return MS_ERR_FORKED;
     return msgo_stream_close(handle);
+}
+
+int ms_list(const char *uri, int32_t recursive, const ms_config *config, char **out_json, char *err,
+            size_t err_len) {
+    if (out_json != NULL) *out_json = NULL;
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_list((char *)uri, recursive, (ms_config *)config, out_json, err, err_len);
+}
+
+void ms_free(char *p) {
+    if (p != NULL) free(p);
+}
+
+int ms_download(const char *uri, const char *path, const ms_config *config, char *err, size_t err_len) {
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_download((char *)uri, (char *)path, (ms_config *)config, err, err_len);
 }

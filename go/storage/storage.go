@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Object is one opened file or blob.
@@ -97,6 +99,9 @@ type Error struct {
 	Len  int64
 	Code Code
 	Err  error
+	// RetryAfter is the server's requested wait before a retry (HTTP 429 or
+	// 503 with Retry-After); zero when it gave none.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -174,4 +179,89 @@ func (r *Registry) Open(ctx context.Context, uri string) (Object, error) {
 			Err: fmt.Errorf("no storage backend for scheme %q", scheme)}
 	}
 	return b.Open(ctx, uri)
+}
+
+// ObjectInfo names one object found by a listing.
+type ObjectInfo struct {
+	URI  string // full URI (scheme://bucket/key) or path
+	Size int64
+}
+
+// Lister is implemented by backends that can enumerate objects under a
+// prefix: a "directory" of a file system or a key prefix of a bucket. With
+// recursive false only direct children are listed (no "/" after the prefix).
+type Lister interface {
+	List(ctx context.Context, uri string, recursive bool) ([]ObjectInfo, error)
+}
+
+// Tuned is implemented by backends whose best read size and parallelism
+// differ from the engine's defaults (object stores want more, larger reads
+// in flight than a local disk). The engine uses them when the caller sets none.
+type Tuned interface {
+	DefaultChunkBytes() int64
+	DefaultConcurrency() int
+}
+
+// Settings carries the caller's configuration to backends explicitly, by
+// the names of the environment variables that document them (AWS_ENDPOINT_URL,
+// RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING, AZURE_STORAGE_ACCOUNT_NAME, ...).
+// The Go runtime copies the process environment once, when it starts, so
+// variables a host (Python) sets later are invisible to os.Getenv: callers
+// pass what they read instead. EnvSettings builds one from this process's
+// environment for Go programs.
+type Settings map[string]string
+
+// Get returns the value of key, or def when it is unset or empty.
+func (s Settings) Get(key, def string) string {
+	if v, ok := s[key]; ok && v != "" {
+		return v
+	}
+	return def
+}
+
+// Bool reports whether key is set to a true value ("1", "true", "yes", "on").
+func (s Settings) Bool(key string, def bool) bool {
+	switch strings.ToLower(strings.TrimSpace(s[key])) {
+	case "1", "true", "yes", "on":
+		return true
+	case "0", "false", "no", "off":
+		return false
+	}
+	return def
+}
+
+// SettingPrefixes are the environment variable prefixes backends read.
+var SettingPrefixes = []string{"AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_"}
+
+// EnvSettings returns the variables of this process's environment whose
+// names start with one of SettingPrefixes.
+func EnvSettings() Settings {
+	s := Settings{}
+	for _, kv := range os.Environ() {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		for _, p := range SettingPrefixes {
+			if strings.HasPrefix(k, p) {
+				s[k] = v
+				break
+			}
+		}
+	}
+	return s
+}
+
+// List lists uri with the backend registered for its scheme, if it can list.
+func (r *Registry) List(ctx context.Context, uri string, recursive bool) ([]ObjectInfo, error) {
+	scheme := Scheme(uri)
+	r.mu.RLock()
+	b, ok := r.backends[scheme]
+	r.mu.RUnlock()
+	l, canList := b.(Lister)
+	if !ok || !canList {
+		return nil, &Error{Op: "list", URI: uri, Code: InvalidArgument,
+			Err: fmt.Errorf("no storage backend that lists scheme %q", scheme)}
+	}
+	return l.List(ctx, uri, recursive)
 }

@@ -1,0 +1,52 @@
+"""The hand-written header is the ABI: every function it declares must be
+exported by the built library, and its cdef section must parse."""
+
+import ctypes
+import pathlib
+import re
+
+import cffi
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEADER = ROOT / "go" / "capi" / "model_streamer.h"
+LIB = ROOT / "python" / "runai_model_streamer" / "lib" / "libmodelstreamer.so"
+
+
+def cdef_text():
+    text = HEADER.read_text()
+    m = re.search(r"/\* CDEF BEGIN \*/(.*)/\* CDEF END \*/", text, re.S)
+    assert m, "header lacks CDEF markers"
+    return m.group(1)
+
+
+def declared_functions():
+    names = re.findall(r"\b(ms_[a-z_]+)\s*\(", cdef_text())
+    assert len(names) >= 7, names
+    return sorted(set(names))
+
+
+def test_every_declared_function_is_exported():
+    lib = ctypes.CDLL(str(LIB))
+    missing = [name for name in declared_functions() if not hasattr(lib, name)]
+    assert not missing, f"declared in the header but not exported: {missing}"
+
+
+def test_cdef_parses_and_bundled_header_matches():
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_text())
+    bundled = LIB.parent / "model_streamer.h"
+    assert bundled.read_text() == HEADER.read_text(), "bundled header is stale: run make build"
+
+
+def test_stale_handle_is_an_error_not_a_crash():
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_text())
+    lib = ffi.dlopen(str(LIB))
+    err = ffi.new("char[256]")
+    out = ffi.new("ms_tensor[4]")
+    n = ffi.new("int32_t *")
+    assert lib.ms_stream_next(987654, out, 4, n, 0, err, 256) == lib.MS_ERR_BAD_HANDLE
+    assert b"987654" in ffi.string(err)
+    assert lib.ms_stream_close(987654) == lib.MS_ERR_BAD_HANDLE
+    assert lib.ms_release(123456789) == lib.MS_OK  # unknown tokens are a no-op
+    assert ffi.string(lib.ms_version()).decode()
