@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/model-streamer/model-streamer/go/storage"
 	"github.com/model-streamer/model-streamer/go/storage/fs"
@@ -15,6 +17,7 @@ type request struct {
 	chunkBytes  int64
 	mode        fs.Mode
 	settings    storage.Settings
+	retry       storage.RetryPolicy
 }
 
 func parseConfig(config *cConfig) (request, error) {
@@ -38,6 +41,21 @@ func parseConfig(config *cConfig) (request, error) {
 			return r, fmt.Errorf("setting %q is not NAME=VALUE", kv)
 		}
 		r.settings[k] = v
+	}
+	r.retry = storage.DefaultRetryPolicy
+	if v := r.settings["MODEL_STREAMER_MAX_RETRIES"]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return r, fmt.Errorf("MODEL_STREAMER_MAX_RETRIES=%q: expected a count >= 0", v)
+		}
+		r.retry.MaxRetries = n
+	}
+	if v := r.settings["MODEL_STREAMER_RETRY_TIMEOUT_MS"]; v != "" {
+		ms, err := strconv.Atoi(v)
+		if err != nil || ms < 0 {
+			return r, fmt.Errorf("MODEL_STREAMER_RETRY_TIMEOUT_MS=%q: expected milliseconds >= 0", v)
+		}
+		r.retry.Timeout = time.Duration(ms) * time.Millisecond
 	}
 	return r, nil
 }

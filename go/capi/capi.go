@@ -126,7 +126,7 @@ func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.i
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
 	cfg := stream.DefaultConfig(req.registry())
-	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes = req.concurrency, req.memoryLimit, req.chunkBytes
+	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
 	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -341,7 +341,7 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 		return fail(errBuf, errLen, err)
 	}
 	defer obj.Close()
-	err = fetch.ToFile(ctx, obj, C.GoString(path), fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes})
+	err = fetch.ToFile(ctx, obj, C.GoString(path), fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry})
 	if err != nil {
 		return fail(errBuf, errLen, err)
 	}

@@ -4,7 +4,6 @@ package fetch
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,6 +15,7 @@ import (
 type Options struct {
 	Concurrency int   // ranged reads in flight (<= 0: 16)
 	ChunkBytes  int64 // bytes per read (<= 0: 8 MiB)
+	Retry       storage.RetryPolicy
 }
 
 // ToFile copies obj to path. It writes a temporary file in path's directory
@@ -27,6 +27,9 @@ func ToFile(ctx context.Context, obj storage.Object, path string, opts Options) 
 	}
 	if opts.ChunkBytes <= 0 {
 		opts.ChunkBytes = 8 << 20
+	}
+	if opts.Retry == (storage.RetryPolicy{}) {
+		opts.Retry = storage.DefaultRetryPolicy
 	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -57,7 +60,7 @@ func ToFile(ctx context.Context, obj storage.Object, path string, opts Options) 
 			buf := make([]byte, opts.ChunkBytes)
 			for off := range offsets {
 				n := min(opts.ChunkBytes, size-off)
-				if err := copyRange(ctx, obj, tmp, buf[:n], off); err != nil {
+				if err := copyRange(ctx, obj, tmp, buf[:n], off, opts.Retry); err != nil {
 					cancel(err)
 				}
 			}
@@ -85,20 +88,9 @@ feed:
 	return os.Rename(tmp.Name(), path)
 }
 
-func copyRange(ctx context.Context, obj storage.Object, f *os.File, buf []byte, off int64) error {
-	var got int
-	for got < len(buf) {
-		n, err := obj.ReadAt(ctx, buf[got:], off+int64(got))
-		got += n
-		if got == len(buf) {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("reading %d bytes at %d: no progress", len(buf), off)
-		}
+func copyRange(ctx context.Context, obj storage.Object, f *os.File, buf []byte, off int64, p storage.RetryPolicy) error {
+	if _, err := storage.ReadRange(ctx, obj, buf, off, int64(len(buf)), p, nil); err != nil {
+		return err
 	}
 	_, err := f.WriteAt(buf, off)
 	return err

@@ -196,7 +196,8 @@ type Lister interface {
 
 // Tuned is implemented by backends whose best read size and parallelism
 // differ from the engine's defaults (object stores want more, larger reads
-// in flight than a local disk). The engine uses them when the caller sets none.
+// in flight than a local disk). The engine uses them, through
+// Registry.Tuning, when the caller sets none.
 type Tuned interface {
 	DefaultChunkBytes() int64
 	DefaultConcurrency() int
@@ -264,4 +265,16 @@ func (r *Registry) List(ctx context.Context, uri string, recursive bool) ([]Obje
 			Err: fmt.Errorf("no storage backend that lists scheme %q", scheme)}
 	}
 	return l.List(ctx, uri, recursive)
+}
+
+// Tuning returns the read size and parallelism the backend for uri prefers,
+// and false when it states none.
+func (r *Registry) Tuning(uri string) (concurrency int, chunkBytes int64, ok bool) {
+	r.mu.RLock()
+	b := r.backends[Scheme(uri)]
+	r.mu.RUnlock()
+	if t, isTuned := b.(Tuned); isTuned {
+		return t.DefaultConcurrency(), t.DefaultChunkBytes(), true
+	}
+	return 0, 0, false
 }

@@ -27,6 +27,12 @@ type Opener interface {
 	Open(ctx context.Context, uri string) (storage.Object, error)
 }
 
+// tuner is implemented by openers that know their backends' preferred
+// read size and parallelism (*storage.Registry does).
+type tuner interface {
+	Tuning(uri string) (concurrency int, chunkBytes int64, ok bool)
+}
+
 // Config controls one stream. The zero value is not useful: start from
 // DefaultConfig.
 type Config struct {
@@ -40,8 +46,9 @@ type Config struct {
 	ChunkBytes int64
 	// Storage opens the files. Required.
 	Storage Opener
-	// MaxRetries bounds retries of a transient read failure per chunk.
-	MaxRetries int
+	// Retry bounds the retries of a chunk after transient failures
+	// (zero value: storage.DefaultRetryPolicy).
+	Retry storage.RetryPolicy
 }
 
 // DefaultConfig returns the documented defaults: 16 readers, no memory cap,
@@ -52,20 +59,28 @@ func DefaultConfig(s Opener) Config {
 		MemoryLimit: Unlimited,
 		ChunkBytes:  DefaultChunkBytes,
 		Storage:     s,
-		MaxRetries:  3,
+		Retry:       storage.DefaultRetryPolicy,
 	}
 }
 
-func (c Config) normalized() Config {
+// normalized fills unset values from the storage's own defaults (object
+// stores want more, larger reads in flight than a disk) or the engine's.
+func (c Config) normalized(uri string) Config {
+	concurrency, chunk := DefaultConcurrency, int64(DefaultChunkBytes)
+	if t, ok := c.Storage.(tuner); ok {
+		if cc, ch, ok := t.Tuning(uri); ok {
+			concurrency, chunk = cc, ch
+		}
+	}
 	if c.Concurrency <= 0 {
-		c.Concurrency = DefaultConcurrency
+		c.Concurrency = concurrency
 	}
 	if c.ChunkBytes <= 0 {
-		c.ChunkBytes = DefaultChunkBytes
+		c.ChunkBytes = chunk
 	}
 	c.ChunkBytes = alignUp(c.ChunkBytes, alignment)
-	if c.MaxRetries < 0 {
-		c.MaxRetries = 0
+	if c.Retry == (storage.RetryPolicy{}) {
+		c.Retry = storage.DefaultRetryPolicy
 	}
 	return c
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,7 +106,6 @@ type Stream struct {
 // Open reads and validates the headers of uris (in parallel), selects the
 // tensors named (nil: all), checks the memory limit, and starts streaming.
 func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stream, error) {
-	cfg = cfg.normalized()
 	if cfg.Storage == nil {
 		return nil, fmt.Errorf("%w: no storage configured", ErrInvalidRequest)
 	}
@@ -126,6 +124,7 @@ func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stre
 		s.abort()
 		return nil, err
 	}
+	s.cfg = s.cfg.normalized(uris[0])
 	if err := selectTensors(s.files, names); err != nil {
 		s.abort()
 		return nil, err
@@ -142,7 +141,7 @@ func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stre
 func (s *Stream) openFiles(uris []string) error {
 	s.files = make([]*fileState, len(uris))
 	errs := make([]error, len(uris))
-	sem := make(chan struct{}, s.cfg.Concurrency)
+	sem := make(chan struct{}, max(s.cfg.Concurrency, DefaultConcurrency))
 	var wg sync.WaitGroup
 	for i, uri := range uris {
 		s.files[i] = &fileState{uri: uri}
@@ -201,7 +200,7 @@ func (s *Stream) readPrefix(f *fileState, n int64) ([]byte, int64, error) {
 	raw := make([]byte, length+alignment)
 	skip := alignUp(int64(addrOf(raw)), alignment) - int64(addrOf(raw))
 	buf := raw[skip : skip+length]
-	got, err := readFull(s.ctx, f.obj, buf, 0, n)
+	got, err := storage.ReadRange(s.ctx, f.obj, buf, 0, n, s.cfg.Retry, s.onRetry)
 	s.st.bytesRead.Add(uint64(got))
 	s.st.reads.Add(1)
 	if err != nil {
@@ -210,37 +209,13 @@ func (s *Stream) readPrefix(f *fileState, n int64) ([]byte, int64, error) {
 	return buf, n, nil
 }
 
-// readFull reads until need bytes of dst are filled from off, accepting
-// io.EOF once they are.
-func readFull(ctx context.Context, obj storage.Object, dst []byte, off, need int64) (int64, error) {
-	var got int64
-	for got < need {
-		n, err := obj.ReadAt(ctx, dst[got:], off+got)
-		got += int64(n)
-		if got >= need {
-			return got, nil
-		}
-		if err != nil {
-			if err == io.EOF {
-				return got, io.ErrUnexpectedEOF
-			}
-			return got, err
-		}
-		if n == 0 {
-			return got, io.ErrNoProgress
-		}
-	}
-	return got, nil
-}
-
 func wrapRead(uri string, off, n int64, err error) error {
 	var se *storage.Error
 	if errors.As(err, &se) {
 		return err
 	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.InvalidArgument,
-			Err: errors.New("file ended early: was it truncated while streaming?")}
+	if errors.Is(err, storage.ErrShortObject) {
+		return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.InvalidArgument, Err: err}
 	}
 	return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.CodeOf(err), Err: err}
 }
@@ -423,27 +398,18 @@ func (s *Stream) readChunk(c chunk) (err error) {
 	}
 	dst := c.r.mem[c.off-c.r.spanStart : c.off-c.r.spanStart+c.n]
 	need := min(c.off+c.n, c.r.dataEnd) - c.off
-	var got int64
-	for attempt := 0; ; attempt++ {
-		s.st.reads.Add(1)
-		n, err := readFull(s.ctx, f.obj, dst[got:], c.off+got, need-got)
-		got += n
-		s.st.bytesRead.Add(uint64(n))
-		if err == nil {
-			return nil
-		}
-		if s.ctx.Err() != nil || storage.CodeOf(err) != storage.Unavailable || attempt >= s.cfg.MaxRetries {
-			return wrapRead(f.uri, c.off, c.n, err)
-		}
-		s.st.retries.Add(1)
-		// Back off with jitter, then resume from the last byte received.
-		d := time.Duration(50<<attempt)*time.Millisecond + time.Duration(rand.Int64N(int64(50*time.Millisecond)))
-		select {
-		case <-time.After(d):
-		case <-s.ctx.Done():
-			return wrapRead(f.uri, c.off, c.n, s.ctx.Err())
-		}
+	s.st.reads.Add(1)
+	got, err := storage.ReadRange(s.ctx, f.obj, dst, c.off, need, s.cfg.Retry, s.onRetry)
+	s.st.bytesRead.Add(uint64(got))
+	if err != nil {
+		return wrapRead(f.uri, c.off, c.n, err)
 	}
+	return nil
+}
+
+func (s *Stream) onRetry(error) {
+	s.st.retries.Add(1)
+	s.st.reads.Add(1)
 }
 
 // complete queues the tensors of a fully read region.
