@@ -1,13 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/azure"
 	"github.com/model-streamer/model-streamer/go/storage/fs"
+	"github.com/model-streamer/model-streamer/go/storage/gcs"
+	"github.com/model-streamer/model-streamer/go/storage/s3"
 )
 
 // request is what a call's ms_config says, in Go terms.
@@ -61,9 +66,80 @@ func parseConfig(config *cConfig) (request, error) {
 }
 
 // registry builds the backends for one request. Object-storage backends
-// are constructed lazily, on the first URI of their scheme.
+// are constructed lazily, on the first URI of their scheme: building one
+// resolves credentials, which a local-only request must not pay for.
 func (r request) registry() *storage.Registry {
 	reg := storage.NewRegistry()
 	reg.Register("file", fs.New(fs.Options{Mode: r.mode}))
+	gsViaS3 := strings.Contains(r.settings.Get("AWS_ENDPOINT_URL", r.settings["AWS_ENDPOINT_URL_S3"]), "storage.googleapis.com")
+	for scheme, build := range map[string]func(storage.Settings) (storage.Backend, error){
+		"s3": s3.New,
+		"gs": func(s storage.Settings) (storage.Backend, error) {
+			if gsViaS3 {
+				return s3.New(s) // HMAC keys through GCS's S3-compatible API
+			}
+			return gcs.New(s)
+		},
+		"az": func(s storage.Settings) (storage.Backend, error) { return azure.New(s) },
+	} {
+		reg.Register(scheme, &lazyBackend{settings: r.settings, build: build})
+	}
 	return reg
+}
+
+// lazyBackend builds its backend on first use and forwards to it.
+type lazyBackend struct {
+	settings storage.Settings
+	build    func(storage.Settings) (storage.Backend, error)
+	once     sync.Once
+	b        storage.Backend
+	err      error
+}
+
+func (l *lazyBackend) get() (storage.Backend, error) {
+	l.once.Do(func() { l.b, l.err = l.build(l.settings) })
+	return l.b, l.err
+}
+
+func (l *lazyBackend) Open(ctx context.Context, uri string) (storage.Object, error) {
+	b, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	return b.Open(ctx, uri)
+}
+
+func (l *lazyBackend) List(ctx context.Context, uri string, recursive bool) ([]storage.ObjectInfo, error) {
+	b, err := l.get()
+	if err != nil {
+		return nil, err
+	}
+	lister, ok := b.(storage.Lister)
+	if !ok {
+		return nil, &storage.Error{Op: "list", URI: uri, Code: storage.InvalidArgument, Err: fmt.Errorf("backend cannot list")}
+	}
+	return lister.List(ctx, uri, recursive)
+}
+
+func (l *lazyBackend) DefaultChunkBytes() int64 {
+	if t, ok := l.tuned(); ok {
+		return t.DefaultChunkBytes()
+	}
+	return 0
+}
+
+func (l *lazyBackend) DefaultConcurrency() int {
+	if t, ok := l.tuned(); ok {
+		return t.DefaultConcurrency()
+	}
+	return 0
+}
+
+func (l *lazyBackend) tuned() (storage.Tuned, bool) {
+	b, err := l.get()
+	if err != nil {
+		return nil, false
+	}
+	t, ok := b.(storage.Tuned)
+	return t, ok
 }

@@ -273,6 +273,7 @@ func msgo_stream_stats(h C.int64_t, out *C.ms_stats) (rc C.int) {
 		elapsed_ns:        C.int64_t(st.Elapsed),
 		memory_wait_ns:    C.int64_t(st.MemoryWait),
 		consumer_wait_ns:  C.int64_t(st.ConsumerWait),
+		header_bytes_read: C.uint64_t(st.HeaderBytesRead),
 	}
 	return C.MS_OK
 }

@@ -75,7 +75,7 @@ typedef struct {
 
 typedef struct {
     uint64_t bytes_requested;  /* tensor bytes the request covers */
-    uint64_t bytes_read;       /* bytes read (or mapped) from storage, headers included */
+    uint64_t bytes_read;       /* tensor bytes read (or mapped) from storage */
     uint64_t reads;            /* read calls issued to storage */
     uint64_t retries;
     uint64_t tensors_delivered;
@@ -84,6 +84,7 @@ typedef struct {
     int64_t elapsed_ns;        /* open -> last tensor ready (or now) */
     int64_t memory_wait_ns;    /* readers waiting for buffer space (consumer-bound) */
     int64_t consumer_wait_ns;  /* ms_stream_next waiting for data (storage-bound) */
+    uint64_t header_bytes_read; /* bytes read to learn the headers */
 } ms_stats;
 
 /* Library version string, e.g. "0.1.0". Always succeeds. */

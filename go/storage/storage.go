@@ -183,8 +183,8 @@ func (r *Registry) Open(ctx context.Context, uri string) (Object, error) {
 
 // ObjectInfo names one object found by a listing.
 type ObjectInfo struct {
-	URI  string // full URI (scheme://bucket/key) or path
-	Size int64
+	URI  string `json:"uri"` // full URI (scheme://bucket/key) or path
+	Size int64  `json:"size"`
 }
 
 // Lister is implemented by backends that can enumerate objects under a

@@ -89,6 +89,7 @@ func (a *arena) alloc(r *region) (bool, error) {
 			return false, nil
 		}
 		if off, ok := a.fit(n); ok {
+			a.grant = false // room appeared: a pending grant is no longer needed
 			r.seg, r.off = a.ring, off
 			r.mem = a.ring.mem[off : off+n : off+n]
 			a.ring.live++
@@ -140,10 +141,14 @@ func (a *arena) fit(n int64) (int64, bool) {
 // unstick lets a blocked alloc proceed outside the ring. The consumer calls
 // it when it is waiting for tensors that cannot come: the ring is full of
 // regions it still holds and no read is in flight.
-func (a *arena) unstick() bool {
+//
+// stuck is evaluated under the arena's lock once a reader is known to be
+// waiting: by then every region that reader placed has been counted in
+// flight, so "nothing in flight and nothing queued" cannot be stale.
+func (a *arena) unstick(stuck func() bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.waiting {
+	if !a.waiting || !stuck() {
 		return false
 	}
 	a.grant = true

@@ -68,7 +68,7 @@ func DefaultConfig(s Opener) Config {
 func (c Config) normalized(uri string) Config {
 	concurrency, chunk := DefaultConcurrency, int64(DefaultChunkBytes)
 	if t, ok := c.Storage.(tuner); ok {
-		if cc, ch, ok := t.Tuning(uri); ok {
+		if cc, ch, ok := t.Tuning(uri); ok && cc > 0 && ch > 0 {
 			concurrency, chunk = cc, ch
 		}
 	}

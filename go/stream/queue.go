@@ -61,3 +61,9 @@ func (q *readyQueue) drain() []Ready {
 	q.items = nil
 	return out
 }
+
+func (q *readyQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}

@@ -6,21 +6,23 @@ import (
 )
 
 type counters struct {
-	start          time.Time
-	bytesRequested atomic.Uint64
-	bytesRead      atomic.Uint64
-	reads          atomic.Uint64
-	retries        atomic.Uint64
-	firstTensor    atomic.Int64 // ns since start; -1 before the first
-	lastReady      atomic.Int64
-	memoryWait     atomic.Int64
-	consumerWait   atomic.Int64
+	start           time.Time
+	bytesRequested  atomic.Uint64
+	bytesRead       atomic.Uint64
+	headerBytesRead atomic.Uint64
+	reads           atomic.Uint64
+	retries         atomic.Uint64
+	firstTensor     atomic.Int64 // ns since start; -1 before the first
+	lastReady       atomic.Int64
+	memoryWait      atomic.Int64
+	consumerWait    atomic.Int64
 }
 
 // Stats is a snapshot of a stream's counters.
 type Stats struct {
 	BytesRequested   uint64        // tensor bytes requested
-	BytesRead        uint64        // bytes read or mapped from storage, headers included
+	BytesRead        uint64        // tensor bytes read or mapped from storage (alignment included)
+	HeaderBytesRead  uint64        // bytes read to learn the headers (a speculative first read each)
 	Reads            uint64        // read calls to storage
 	Retries          uint64        // transient failures retried
 	TensorsDelivered uint64        // tensors made ready
@@ -52,6 +54,7 @@ func (s *Stream) Stats() Stats {
 	return Stats{
 		BytesRequested:   s.st.bytesRequested.Load(),
 		BytesRead:        s.st.bytesRead.Load(),
+		HeaderBytesRead:  s.st.headerBytesRead.Load(),
 		Reads:            s.st.reads.Load(),
 		Retries:          s.st.retries.Load(),
 		TensorsDelivered: uint64(s.delivered.Load()),

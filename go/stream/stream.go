@@ -201,7 +201,7 @@ func (s *Stream) readPrefix(f *fileState, n int64) ([]byte, int64, error) {
 	skip := alignUp(int64(addrOf(raw)), alignment) - int64(addrOf(raw))
 	buf := raw[skip : skip+length]
 	got, err := storage.ReadRange(s.ctx, f.obj, buf, 0, n, s.cfg.Retry, s.onRetry)
-	s.st.bytesRead.Add(uint64(got))
+	s.st.headerBytesRead.Add(uint64(got))
 	s.st.reads.Add(1)
 	if err != nil {
 		return nil, 0, wrapRead(f.uri, 0, n, err)
@@ -507,7 +507,7 @@ func (s *Stream) Next(ctx context.Context, max int, timeout time.Duration) ([]Re
 		}
 		// Nothing ready and nothing being read: the reader is waiting for
 		// memory the caller still holds. Let it go on in fresh memory.
-		if s.inflight.Load() == 0 && s.arena.unstick() {
+		if s.arena.unstick(s.starved) {
 			continue
 		}
 		if waitStart.IsZero() {
@@ -521,6 +521,13 @@ func (s *Stream) Next(ctx context.Context, max int, timeout time.Duration) ([]Re
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// starved reports that no region is being read and none is queued: in
+// flight is read before the queue, and regions are queued before they
+// leave the in-flight count, so a region cannot slip between the two.
+func (s *Stream) starved() bool {
+	return s.inflight.Load() == 0 && s.queue.len() == 0
 }
 
 // Close stops reading, waits until no read can still land in the stream's

@@ -1,0 +1,62 @@
+package stream_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/model-streamer/model-streamer/go/internal/sttest"
+	"github.com/model-streamer/model-streamer/go/storage/fs"
+	"github.com/model-streamer/model-streamer/go/stream"
+)
+
+// A consumer that keeps the previous tensor while asking for the next (a
+// Python for loop does) costs at most one extra region beyond the limit.
+func TestHoldingThePreviousTensorCostsOneRegion(t *testing.T) {
+	dir := t.TempDir()
+	var paths []string
+	const big = 4 << 20
+	for i := range 2 {
+		p := filepath.Join(dir, fmt.Sprintf("m%d.safetensors", i))
+		var ts []sttest.Tensor
+		for j := range 6 {
+			ts = append(ts, sttest.Tensor{Name: fmt.Sprintf("f%d.big%d", i, j), DType: "U8", Shape: []int64{big - int64(j)*100000}})
+			ts = append(ts, sttest.Tensor{Name: fmt.Sprintf("f%d.small%d", i, j), DType: "F32", Shape: []int64{1000 + int64(j)}})
+		}
+		if _, err := sttest.Write(p, ts, uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	for round := range 20 {
+		cfg := stream.DefaultConfig(registry(fs.Buffered))
+		cfg.MemoryLimit = stream.LargestTensor
+		s, err := stream.Open(context.Background(), cfg, paths, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var prev *stream.Ready
+		for {
+			batch, err := s.Next(context.Background(), 1, 10*time.Second)
+			if err == io.EOF {
+				break
+			}
+			if err != nil || len(batch) == 0 {
+				t.Fatal(err)
+			}
+			if prev != nil {
+				prev.Release()
+			}
+			prev = &batch[0]
+		}
+		prev.Release()
+		st := s.Stats()
+		s.Close()
+		if st.ArenaBytes > 2*(big+3*4096) {
+			t.Fatalf("round %d: arena peaked at %d bytes, more than two largest regions (%d)", round, st.ArenaBytes, 2*(big+3*4096))
+		}
+	}
+}
