@@ -1,0 +1,156 @@
+package azure
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
+
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+// errStalled is the cause of a data request aborted by the stall watchdog.
+var errStalled = errors.New("stalled")
+
+// ReadAt reads len(dst) bytes at off with one ranged Get Blob, clipped to the
+// size: a read past the end returns the bytes up to the end with io.EOF, a
+// read at or after the end returns 0, io.EOF without a request. When the
+// response body breaks off, ReadAt returns the bytes received and an
+// Unavailable error, so that a retry resumes where it stopped.
+func (o *object) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, o.readError(off, len(dst), storage.InvalidArgument, errors.New("negative offset"))
+	}
+	if o.closed.Load() {
+		return 0, o.readError(off, len(dst), storage.InvalidArgument, os.ErrClosed)
+	}
+	if off >= o.size {
+		return 0, io.EOF
+	}
+	if len(dst) == 0 {
+		return 0, nil
+	}
+	want := int64(len(dst))
+	if rest := o.size - off; want > rest {
+		want = rest
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, o.readError(off, int(want), storage.Canceled, err)
+	}
+	n, err := o.get(ctx, dst[:want], off)
+	if err != nil {
+		return n, err
+	}
+	if want < int64(len(dst)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// get fills dst from off with one request, under the stall watchdog.
+func (o *object) get(ctx context.Context, dst []byte, off int64) (int, error) {
+	want := int64(len(dst))
+	rctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wd *time.Timer
+	if o.stall > 0 {
+		wd = time.AfterFunc(o.stall, func() { cancel(errStalled) })
+		defer wd.Stop()
+	}
+	opts := &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: off, Count: want}}
+	if o.etag != "" {
+		etag := o.etag
+		opts.AccessConditions = &blob.AccessConditions{ModifiedAccessConditions: &blob.ModifiedAccessConditions{IfMatch: &etag}}
+	}
+	resp, err := o.blob.DownloadStream(policy.WithRetryOptions(rctx, dataRetry), opts)
+	if err != nil {
+		return 0, o.failed(ctx, rctx, off, want, 0, false, err)
+	}
+	body := resp.Body
+	if body == nil {
+		return 0, o.readError(off, int(want), storage.Internal, errors.New("response has no body"))
+	}
+	defer body.Close()
+	if err := checkRange(resp.ContentRange, resp.ContentLength, off, want); err != nil {
+		return 0, o.readError(off, int(want), storage.Internal, err)
+	}
+	var r io.Reader = body
+	if wd != nil {
+		wd.Reset(o.stall) // the headers came: count from now
+		r = &watchdogReader{r: body, t: wd, d: o.stall}
+	}
+	n, err := io.ReadFull(r, dst)
+	if err != nil {
+		return n, o.failed(ctx, rctx, off, want, n, true, err)
+	}
+	return n, nil
+}
+
+// failed classifies the failure of a data request after n bytes, in the
+// response body or before it.
+func (o *object) failed(ctx, rctx context.Context, off, want int64, n int, inBody bool, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return o.readError(off, int(want), storage.Canceled, ctx.Err())
+	case errors.Is(context.Cause(rctx), errStalled):
+		return o.readError(off, int(want), storage.Unavailable,
+			fmt.Errorf("no data for %v after %d of %d bytes (%s): request aborted", o.stall, n, want, SettingStallTimeoutMS))
+	case inBody:
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return o.readError(off, int(want), storage.Unavailable,
+			fmt.Errorf("response body broke off after %d of %d bytes: %w", n, want, redact(err)))
+	}
+	return classify("read", o.uri, off, want, ctx, err)
+}
+
+func (o *object) readError(off int64, n int, code storage.Code, err error) error {
+	return &storage.Error{Op: "read", URI: o.uri, Off: off, Len: int64(n), Code: code, Err: err}
+}
+
+// checkRange verifies that the response carries the range asked for, so a
+// server that ignores Range never puts the wrong bytes into dst.
+func checkRange(contentRange *string, contentLength *int64, off, want int64) error {
+	if contentLength != nil && *contentLength != want {
+		return fmt.Errorf("asked for %d bytes at %d, response has Content-Length %d", want, off, *contentLength)
+	}
+	if contentRange == nil || *contentRange == "" {
+		if off == 0 {
+			return nil // a whole-object 200 is the range asked for
+		}
+		return fmt.Errorf("asked for bytes %d-%d, response has no Content-Range", off, off+want-1)
+	}
+	// "bytes 0-1023/4096"
+	cr := strings.TrimPrefix(*contentRange, "bytes ")
+	span, _, _ := strings.Cut(cr, "/")
+	a, b, ok := strings.Cut(span, "-")
+	start, err1 := strconv.ParseInt(strings.TrimSpace(a), 10, 64)
+	end, err2 := strconv.ParseInt(strings.TrimSpace(b), 10, 64)
+	if !ok || err1 != nil || err2 != nil || start != off || end != off+want-1 {
+		return fmt.Errorf("asked for bytes %d-%d, response has Content-Range %q", off, off+want-1, *contentRange)
+	}
+	return nil
+}
+
+// watchdogReader pushes the stall deadline back whenever bytes arrive.
+type watchdogReader struct {
+	r io.Reader
+	t *time.Timer
+	d time.Duration
+}
+
+func (w *watchdogReader) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if n > 0 {
+		w.t.Reset(w.d)
+	}
+	return n, err
+}

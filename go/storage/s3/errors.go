@@ -1,0 +1,190 @@
+package s3
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/smithy-go"
+
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+// HTTPError is the cause (storage.Error.Err) of a failure the server
+// answered: its HTTP status, the service's error code and message. It
+// unwraps to the SDK's error.
+type HTTPError struct {
+	Status    int
+	Code      string // S3 error code: NoSuchKey, AccessDenied, SlowDown, ...
+	Message   string
+	RequestID string
+	Err       error
+}
+
+func (e *HTTPError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "HTTP %d", e.Status)
+	if e.Code != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Code)
+	}
+	if e.Message != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Message)
+	}
+	if e.RequestID != "" {
+		fmt.Fprintf(&b, " (request ID %s)", e.RequestID)
+	}
+	return b.String()
+}
+
+func (e *HTTPError) Unwrap() error { return e.Err }
+
+// sdkError gives an SDK error without its "operation error S3: GetObject,
+// https response error ..." framing, which repeats what storage.Error says.
+type sdkError struct {
+	msg string
+	err error
+}
+
+func (e *sdkError) Error() string { return e.msg }
+func (e *sdkError) Unwrap() error { return e.err }
+
+// toError classifies err from an operation on uri. ctx is the caller's
+// context: its cancellation, and only its, is Canceled.
+func toError(ctx context.Context, op, uri string, off, n int64, err error) *storage.Error {
+	se := &storage.Error{Op: op, URI: uri, Off: off, Len: n, Err: err}
+	if n == 0 {
+		se.Off = 0
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		se.Code, se.Err = storage.Canceled, cerr
+		return se
+	}
+	var stall *StallError
+	var re *awshttp.ResponseError
+	var ae smithy.APIError
+	var ip *smithy.InvalidParamsError
+	var send interface{ ConnectionError() bool }
+	switch {
+	case errors.As(err, &stall):
+		se.Code, se.Err = storage.Unavailable, stall
+	case isCertificateError(err):
+		se.Code, se.Err = storage.InvalidArgument, &sdkError{msg: sendMessage(err), err: err}
+	case errors.As(err, &send) && send.ConnectionError():
+		// Checked before the response error: the S3 client wraps a failed
+		// send in one too, with status 0.
+		se.Code, se.Err = storage.Unavailable, &sdkError{msg: sendMessage(err), err: err}
+	case errors.As(err, &re) && re.ResponseError != nil && re.Response != nil && re.Response.Response != nil && re.HTTPStatusCode() > 0:
+		he := &HTTPError{Status: re.HTTPStatusCode(), RequestID: re.ServiceRequestID(), Err: err}
+		if errors.As(err, &ae) {
+			he.Code, he.Message = ae.ErrorCode(), ae.ErrorMessage()
+		}
+		if he.Message == "" && he.Code == "" {
+			he.Message = http.StatusText(he.Status)
+		}
+		se.Code, se.Err = classify(he.Status, he.Code), he
+		se.RetryAfter = retryAfter(re.Response.Header.Get("Retry-After"), time.Now())
+	case errors.As(err, &ip):
+		se.Code, se.Err = storage.InvalidArgument, &sdkError{msg: ip.Error(), err: err}
+	case errors.As(err, &ae):
+		se.Code = classify(0, ae.ErrorCode())
+		se.Err = &sdkError{msg: ae.ErrorCode() + ": " + ae.ErrorMessage(), err: err}
+	default:
+		// Body read errors (unexpected EOF, connection reset) and anything
+		// unrecognized: worth another try.
+		se.Code = storage.Unavailable
+		if strings.Contains(err.Error(), "failed to retrieve credentials") ||
+			strings.Contains(err.Error(), "failed to refresh cached credentials") {
+			se.Code = storage.PermissionDenied
+		}
+	}
+	return se
+}
+
+// isCertificateError reports a TLS peer the client does not trust: a
+// configuration problem (AWS_CA_BUNDLE, endpoint), not worth retrying.
+func isCertificateError(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+}
+
+// sendMessage describes a request that failed before any response without
+// the SDK's framing: "dial tcp 127.0.0.1:9000: connect: connection refused",
+// "tls: failed to verify certificate: x509: ...".
+func sendMessage(err error) string {
+	var cv *tls.CertificateVerificationError
+	var op *net.OpError
+	var ue *url.Error
+	switch {
+	case errors.As(err, &cv):
+		return cv.Error()
+	case errors.As(err, &op):
+		return op.Error()
+	case errors.As(err, &ue):
+		return ue.Err.Error()
+	}
+	return err.Error()
+}
+
+// classify maps an S3 error code and HTTP status to a storage.Code. Codes
+// decide first (S3 answers RequestTimeout and ExpiredToken with 400), then
+// the status.
+func classify(status int, code string) storage.Code {
+	switch code {
+	case "NoSuchKey", "NoSuchBucket", "NotFound", "NoSuchVersion":
+		return storage.NotFound
+	case "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden",
+		"ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled",
+		"AccountProblem", "InvalidObjectState", "RequestTimeTooSkewed", "InvalidSecurity",
+		"MissingSecurityHeader", "UnauthorizedAccess":
+		return storage.PermissionDenied
+	case "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+		"Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+		"RequestLimitExceeded", "OperationAborted", "XMinioServerNotInitialized":
+		return storage.Unavailable
+	case "PreconditionFailed":
+		return storage.InvalidArgument
+	}
+	switch {
+	case status == 404:
+		return storage.NotFound
+	case status == 401 || status == 403:
+		return storage.PermissionDenied
+	case status == 408 || status == 429 || status >= 500:
+		return storage.Unavailable
+	case status >= 300:
+		return storage.InvalidArgument
+	}
+	return storage.Unavailable
+}
+
+// retryAfter parses a Retry-After header: delay seconds or an HTTP date.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseFloat(v, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(secs * float64(time.Second))
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}

@@ -1,0 +1,238 @@
+package s3
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync/atomic"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+// maxIgnoredRangeSkip is how far into a whole-object answer (a server that
+// ignored Range) ReadAt reads and discards to reach its offset; beyond it
+// such a server is an error, as reading the object again and again from the
+// start for every chunk would be quadratic.
+var maxIgnoredRangeSkip int64 = 64 << 20
+
+// object is one opened S3 object: its size and ETag as Open saw them.
+type object struct {
+	b      *backend
+	uri    string
+	bucket string
+	key    string
+	size   int64
+	etag   *string
+	closed atomic.Bool
+}
+
+var _ storage.Object = (*object)(nil)
+
+// Open learns the object's size and ETag with a HeadObject request.
+func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) {
+	_, bucket, key, err := parseURI(uri)
+	if err == nil && (key == "" || strings.HasSuffix(key, "/")) {
+		err = errors.New("names a bucket or a prefix, not an object")
+	}
+	if err != nil {
+		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.InvalidArgument, Err: err}
+	}
+	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key})
+	if err != nil {
+		se := toError(ctx, "open", uri, 0, 0, err)
+		b.explain(ctx, se, bucket, key)
+		return nil, se
+	}
+	size := aws.ToInt64(out.ContentLength)
+	if size < 0 {
+		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.Internal,
+			Err: fmt.Errorf("HeadObject gave no Content-Length")}
+	}
+	o := &object{b: b, uri: uri, bucket: bucket, key: key, size: size}
+	if out.ETag != nil && *out.ETag != "" {
+		o.etag = aws.String(*out.ETag)
+	}
+	return o, nil
+}
+
+// explain replaces the status-only error of a HEAD (whose answer has no body)
+// with the error code and message the same request gets as a GET, so a
+// failure reads "HTTP 404 NoSuchBucket: The specified bucket does not exist"
+// rather than "HTTP 404 NotFound". Only for permanent failures, whose second
+// request costs nothing in the normal case.
+func (b *backend) explain(ctx context.Context, se *storage.Error, bucket, key string) {
+	he, ok := se.Err.(*HTTPError)
+	if !ok || (se.Code != storage.NotFound && se.Code != storage.PermissionDenied) {
+		return
+	}
+	out, err := b.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &bucket, Key: &key,
+		Range: aws.String("bytes=0-0")}, b.dataOptions)
+	if err == nil {
+		out.Body.Close()
+		return
+	}
+	ge := toError(ctx, se.Op, se.URI, 0, 0, err)
+	if gh, ok := ge.Err.(*HTTPError); ok && gh.Status == he.Status && gh.Code != "" {
+		se.Err = gh
+	}
+}
+
+// dataOptions makes a GetObject use the data retryer.
+func (b *backend) dataOptions(o *s3.Options) { o.Retryer = b.dataRetryer }
+
+// Size is the object's size when it was opened.
+func (o *object) Size() int64 { return o.size }
+
+// Close releases nothing (requests hold no state between reads); reads after
+// Close fail.
+func (o *object) Close() error {
+	o.closed.Store(true)
+	return nil
+}
+
+// ReadAt reads len(dst) bytes at off with one ranged GetObject. When the
+// response breaks off or stalls it returns the bytes received with an
+// Unavailable error, so the caller can resume at off+n.
+func (o *object) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, o.readError(off, len(dst), storage.Canceled, err)
+	}
+	if o.closed.Load() {
+		return 0, o.readError(off, len(dst), storage.InvalidArgument, errors.New("object is closed"))
+	}
+	if off < 0 {
+		return 0, o.readError(off, len(dst), storage.InvalidArgument, errors.New("negative offset"))
+	}
+	if len(dst) == 0 {
+		return 0, nil
+	}
+	if off >= o.size {
+		return 0, io.EOF
+	}
+	want, eof := dst, false
+	if rest := o.size - off; int64(len(want)) > rest {
+		want, eof = want[:rest], true
+	}
+	n, err := o.get(ctx, want, off, int64(len(dst)))
+	if err != nil {
+		return n, err
+	}
+	if eof {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func (o *object) readError(off int64, n int, code storage.Code, err error) *storage.Error {
+	return &storage.Error{Op: "read", URI: o.uri, Off: off, Len: int64(n), Code: code, Err: err}
+}
+
+// get fills dst (within the object) from off.
+func (o *object) get(ctx context.Context, dst []byte, off, reqLen int64) (int, error) {
+	last := off + int64(len(dst)) - 1
+	out, err := o.b.client.GetObject(ctx, &s3.GetObjectInput{
+		Bucket:  &o.bucket,
+		Key:     &o.key,
+		Range:   aws.String("bytes=" + strconv.FormatInt(off, 10) + "-" + strconv.FormatInt(last, 10)),
+		IfMatch: o.etag,
+	}, o.b.dataOptions)
+	if err != nil {
+		se := toError(ctx, "read", o.uri, off, reqLen, err)
+		if he, ok := se.Err.(*HTTPError); ok && he.Code == "PreconditionFailed" {
+			he.Message = "the object changed since it was opened (ETag no longer matches)"
+		}
+		return 0, se
+	}
+	body := out.Body
+	defer body.Close()
+
+	if out.ContentRange == nil {
+		// The server ignored Range and sent the whole object.
+		if off > maxIgnoredRangeSkip {
+			return 0, o.readError(off, int(reqLen), storage.Internal, fmt.Errorf(
+				"the server ignored the Range header (answered the whole object, no Content-Range)"))
+		}
+		if off > 0 {
+			if _, err := io.CopyN(io.Discard, body, off); err != nil {
+				return 0, o.bodyError(ctx, off, reqLen, 0, err)
+			}
+		}
+	} else {
+		start, end, total, err := parseContentRange(*out.ContentRange)
+		switch {
+		case err != nil:
+			return 0, o.readError(off, int(reqLen), storage.Internal, err)
+		case total >= 0 && total != o.size:
+			return 0, o.readError(off, int(reqLen), storage.InvalidArgument, fmt.Errorf(
+				"the object changed since it was opened: size %d, now %d", o.size, total))
+		case start != off || end < start:
+			return 0, o.readError(off, int(reqLen), storage.Internal, fmt.Errorf(
+				"asked for bytes %d-%d, the server sent Content-Range %q", off, last, *out.ContentRange))
+		case end < last:
+			// A shorter answer than asked: take it, the caller resumes.
+			dst = dst[:end-start+1]
+		}
+	}
+
+	n, err := io.ReadFull(body, dst)
+	if err != nil {
+		return n, o.bodyError(ctx, off, reqLen, n, err)
+	}
+	if int64(n) < last-off+1 {
+		return n, o.readError(off, int(reqLen), storage.Unavailable, fmt.Errorf(
+			"the server sent bytes %d-%d of the %d-%d asked for", off, off+int64(n)-1, off, last))
+	}
+	// Observe the end of the body so the connection goes back to the pool.
+	var probe [1]byte
+	body.Read(probe[:])
+	return n, nil
+}
+
+// bodyError classifies a failure while reading a response body after n
+// bytes of it went to dst.
+func (o *object) bodyError(ctx context.Context, off, reqLen int64, n int, err error) *storage.Error {
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	se := toError(ctx, "read", o.uri, off, reqLen, err)
+	if se.Code == storage.Unavailable {
+		se.Err = fmt.Errorf("response body broke off after %d bytes: %w", n, se.Err)
+	}
+	return se
+}
+
+// parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*": -1).
+func parseContentRange(v string) (start, end, total int64, err error) {
+	bad := fmt.Errorf("malformed Content-Range %q", v)
+	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	s, e, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, 0, bad
+	}
+	if start, err = strconv.ParseInt(s, 10, 64); err != nil {
+		return 0, 0, 0, bad
+	}
+	if end, err = strconv.ParseInt(e, 10, 64); err != nil {
+		return 0, 0, 0, bad
+	}
+	total = -1
+	if tot != "*" {
+		if total, err = strconv.ParseInt(tot, 10, 64); err != nil {
+			return 0, 0, 0, bad
+		}
+	}
+	return start, end, total, nil
+}
