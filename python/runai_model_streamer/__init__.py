@@ -1,0 +1,68 @@
+"""model-streamer: stream SafeTensors checkpoints into torch tensors, fast.
+
+Drop-in compatible with Run:ai Model Streamer's Python API:
+
+    from runai_model_streamer import SafetensorsStreamer
+
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files(paths)
+        for name, tensor in streamer.get_tensors():
+            ...
+
+Importing the package does not load the native library (nor start its Go
+runtime); the first stream does.
+"""
+
+import logging as _logging
+import os as _os
+import sys as _sys
+
+from runai_model_streamer.exceptions import (
+    RunaiStreamerError,
+    RunaiStreamerFileNotFoundError,
+    RunaiStreamerForkError,
+    RunaiStreamerInvalidInputException,
+    RunaiStreamerIOError,
+    RunaiStreamerMemoryLimitException,
+    RunaiStreamerPermissionError,
+)
+from runai_model_streamer.files import (
+    ObjectStorageModel,
+    S3Credentials,
+    list_safetensors,
+    pull_files,
+)
+from runai_model_streamer.metadata import SafetensorMetadata
+from runai_model_streamer.streamer import SafetensorsStreamer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SafetensorsStreamer",
+    "SafetensorMetadata",
+    "ObjectStorageModel",
+    "S3Credentials",
+    "list_safetensors",
+    "pull_files",
+    "RunaiStreamerError",
+    "RunaiStreamerInvalidInputException",
+    "RunaiStreamerMemoryLimitException",
+    "RunaiStreamerFileNotFoundError",
+    "RunaiStreamerPermissionError",
+    "RunaiStreamerIOError",
+    "RunaiStreamerForkError",
+]
+
+_logger = _logging.getLogger(__name__)
+try:
+    _logger.setLevel(_os.environ.get("RUNAI_STREAMER_LOG_LEVEL", "INFO").strip().upper() or "INFO")
+except ValueError:
+    _logger.setLevel(_logging.INFO)
+if _os.environ.get("RUNAI_STREAMER_LOG_TO_STDERR") == "1" and not any(
+    getattr(h, "_model_streamer_stderr", False) for h in _logger.handlers
+):
+    _handler = _logging.StreamHandler(_sys.stderr)
+    _handler._model_streamer_stderr = True
+    _handler.setFormatter(_logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+    _logger.addHandler(_handler)
+    _logger.propagate = False

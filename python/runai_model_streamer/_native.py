@@ -1,0 +1,506 @@
+"""Binding of libmodelstreamer.so through cffi in ABI mode.
+
+The library is opened with ``ffi.dlopen`` the first time something needs it,
+never at import: loading it starts a Go runtime. The cdef is the text between
+the ``/* CDEF BEGIN */`` and ``/* CDEF END */`` markers of the C header that
+ships next to the library.
+
+Settings:
+  MODEL_STREAMER_LIB     path of another libmodelstreamer.so to load.
+  MODEL_STREAMER_HEADER  path of the header to read the cdef from (default: the
+                         one next to the library, then the bundled one).
+
+A Go runtime does not survive fork(): a child forked after the library was
+loaded would hang on its first call. Every entry point here checks for that and
+raises RunaiStreamerForkError instead; releases of memory from a forked child
+are skipped (the child's copy of that memory goes away with the child).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import cffi
+
+from runai_model_streamer.exceptions import (
+    RunaiStreamerError,
+    RunaiStreamerFileNotFoundError,
+    RunaiStreamerForkError,
+    RunaiStreamerInvalidInputException,
+    RunaiStreamerIOError,
+    RunaiStreamerMemoryLimitException,
+    RunaiStreamerPermissionError,
+)
+
+LIB_NAME = "libmodelstreamer.so"
+HEADER_NAME = "model_streamer.h"
+CDEF_BEGIN = "/* CDEF BEGIN */"
+CDEF_END = "/* CDEF END */"
+
+LIB_ENV = "MODEL_STREAMER_LIB"
+HEADER_ENV = "MODEL_STREAMER_HEADER"
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+BUNDLED_LIB_DIR = os.path.join(PACKAGE_DIR, "lib")
+
+FORK_MESSAGE = (
+    "model-streamer cannot be used in a process forked after it was loaded; "
+    "use the 'spawn' start method"
+)
+
+# Status codes, as in the header. The loaded library's values are checked
+# against these at load time.
+MS_OK = 0
+MS_ERR_INVALID_ARGUMENT = 1
+MS_ERR_NOT_FOUND = 2
+MS_ERR_PERMISSION_DENIED = 3
+MS_ERR_MEMORY_LIMIT = 4
+MS_ERR_IO = 5
+MS_ERR_TIMEOUT = 6
+MS_ERR_END = 7
+MS_ERR_CLOSED = 8
+MS_ERR_BAD_HANDLE = 9
+MS_ERR_CANCELED = 10
+MS_ERR_INTERNAL = 11
+MS_ERR_FORKED = 12
+
+READ_MODES = {"auto": 0, "buffered": 1, "direct": 2, "mmap": 3}
+
+CODE_NAMES = {
+    MS_OK: "MS_OK",
+    MS_ERR_INVALID_ARGUMENT: "MS_ERR_INVALID_ARGUMENT",
+    MS_ERR_NOT_FOUND: "MS_ERR_NOT_FOUND",
+    MS_ERR_PERMISSION_DENIED: "MS_ERR_PERMISSION_DENIED",
+    MS_ERR_MEMORY_LIMIT: "MS_ERR_MEMORY_LIMIT",
+    MS_ERR_IO: "MS_ERR_IO",
+    MS_ERR_TIMEOUT: "MS_ERR_TIMEOUT",
+    MS_ERR_END: "MS_ERR_END",
+    MS_ERR_CLOSED: "MS_ERR_CLOSED",
+    MS_ERR_BAD_HANDLE: "MS_ERR_BAD_HANDLE",
+    MS_ERR_CANCELED: "MS_ERR_CANCELED",
+    MS_ERR_INTERNAL: "MS_ERR_INTERNAL",
+    MS_ERR_FORKED: "MS_ERR_FORKED",
+}
+
+ERR_BUF_LEN = 16384
+DEFAULT_BATCH = 256
+DEFAULT_WAIT_MS = 200
+
+_STATS_FIELDS = (
+    "bytes_requested",
+    "bytes_read",
+    "reads",
+    "retries",
+    "tensors_delivered",
+    "arena_bytes",
+    "first_tensor_ns",
+    "elapsed_ns",
+    "memory_wait_ns",
+    "consumer_wait_ns",
+    "header_bytes_read",
+)
+
+
+class _State:
+    """What the process knows about the loaded library."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ffi: Optional[cffi.FFI] = None
+        self.lib: Any = None
+        self.path: Optional[str] = None
+        self.pid: Optional[int] = None  # pid of the process that loaded it
+        self.forked = False  # this process is a fork of the one that loaded it
+        self.at_fork_registered = False
+
+
+_state = _State()
+
+
+def _after_fork_in_child() -> None:
+    if _state.lib is not None:
+        _state.forked = True
+    # A lock held by another thread at fork time would never be released here.
+    _state.lock = threading.Lock()
+
+
+def extract_cdef(header_text: str) -> str:
+    """The declarations between the CDEF markers of the header."""
+    begin = header_text.find(CDEF_BEGIN)
+    end = header_text.find(CDEF_END)
+    if begin < 0 or end < 0 or end < begin:
+        raise RunaiStreamerError(
+            f"the model-streamer header has no '{CDEF_BEGIN}' ... '{CDEF_END}' section"
+        )
+    return header_text[begin + len(CDEF_BEGIN):end]
+
+
+def library_path() -> str:
+    """Path of the shared library that is (or would be) loaded."""
+    override = os.environ.get(LIB_ENV)
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    return os.path.join(BUNDLED_LIB_DIR, LIB_NAME)
+
+
+def _header_candidates(lib_path: str) -> List[str]:
+    override = os.environ.get(HEADER_ENV)
+    if override:
+        return [os.path.abspath(os.path.expanduser(override))]
+    return [
+        os.path.join(os.path.dirname(lib_path), HEADER_NAME),
+        os.path.join(BUNDLED_LIB_DIR, HEADER_NAME),
+        # A source checkout before `make build` copied the header.
+        os.path.normpath(os.path.join(PACKAGE_DIR, "..", "..", "go", "capi", HEADER_NAME)),
+    ]
+
+
+def read_cdef(lib_path: Optional[str] = None) -> str:
+    for candidate in _header_candidates(lib_path or library_path()):
+        if os.path.isfile(candidate):
+            with open(candidate, "r", encoding="utf-8") as f:
+                return extract_cdef(f.read())
+    raise RunaiStreamerError(
+        f"model-streamer: C header {HEADER_NAME} not found (looked in "
+        f"{', '.join(_header_candidates(lib_path or library_path()))}); "
+        "run `make build` or reinstall the package"
+    )
+
+
+def _check_not_forked() -> None:
+    if _state.forked or (_state.pid is not None and os.getpid() != _state.pid):
+        _state.forked = True
+        raise RunaiStreamerForkError(FORK_MESSAGE)
+
+
+def is_loaded() -> bool:
+    return _state.lib is not None
+
+
+def load() -> Tuple[cffi.FFI, Any]:
+    """Returns (ffi, lib), loading the library on first use."""
+    lib = _state.lib
+    if lib is not None:
+        _check_not_forked()
+        return _state.ffi, lib
+    with _state.lock:
+        if _state.lib is not None:
+            _check_not_forked()
+            return _state.ffi, _state.lib
+        path = library_path()
+        if not os.path.isfile(path):
+            hint = (
+                f"(set by {LIB_ENV})" if os.environ.get(LIB_ENV) else
+                "(build it with `make build` in a source checkout, or reinstall the package)"
+            )
+            raise RunaiStreamerError(f"model-streamer native library not found: {path} {hint}")
+        ffi = cffi.FFI()
+        ffi.cdef(read_cdef(path))
+        try:
+            lib = ffi.dlopen(path)
+        except OSError as e:
+            raise RunaiStreamerError(f"cannot load the model-streamer library {path}: {e}") from e
+        abi = getattr(lib, "MS_ABI_VERSION", None)
+        if abi != 1:
+            raise RunaiStreamerError(
+                f"{path}: unsupported model-streamer ABI version {abi} (this package speaks 1)"
+            )
+        for value, name in CODE_NAMES.items():
+            if getattr(lib, name, value) != value:
+                raise RunaiStreamerError(
+                    f"{path}: {name} is {getattr(lib, name)} in the header, this package "
+                    f"expects {value}; the package and its header are out of step"
+                )
+        if not _state.at_fork_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _state.at_fork_registered = True
+        _state.ffi = ffi
+        _state.path = path
+        _state.pid = os.getpid()
+        _state.forked = False
+        _state.lib = lib
+        return ffi, lib
+
+
+def version() -> str:
+    ffi, lib = load()
+    return ffi.string(lib.ms_version()).decode("utf-8", "replace")
+
+
+def error_for(code: int, message: str) -> RunaiStreamerError:
+    """The exception for a native status code and its message."""
+    if not message:
+        message = f"model-streamer: {CODE_NAMES.get(code, code)}"
+    if code == MS_ERR_INVALID_ARGUMENT:
+        return RunaiStreamerInvalidInputException(message, code)
+    if code == MS_ERR_MEMORY_LIMIT:
+        return RunaiStreamerMemoryLimitException(message, code)
+    if code == MS_ERR_NOT_FOUND:
+        return RunaiStreamerFileNotFoundError(message, code)
+    if code == MS_ERR_PERMISSION_DENIED:
+        return RunaiStreamerPermissionError(message, code)
+    if code == MS_ERR_FORKED:
+        return RunaiStreamerForkError(FORK_MESSAGE, code)
+    if code == MS_ERR_IO:
+        return RunaiStreamerIOError(message, code)
+    return RunaiStreamerError(message, code)
+
+
+def _message(ffi: cffi.FFI, err: Any) -> str:
+    return ffi.string(err).decode("utf-8", "replace").strip()
+
+
+def release(token: int) -> None:
+    """Returns a tensor's memory to the library (idempotent)."""
+    lib = _state.lib
+    if lib is None or _state.forked or os.getpid() != _state.pid:
+        return
+    lib.ms_release(token)
+
+
+def make_releaser(token: int):
+    """A cffi gc destructor that releases ``token``; a no-op in a forked child."""
+    lib = _state.lib
+    pid = _state.pid
+    getpid = os.getpid
+    state = _state
+
+    def _destructor(_cdata: Any) -> None:
+        if not state.forked and getpid() == pid:
+            lib.ms_release(token)
+
+    return _destructor
+
+
+def _config(ffi: cffi.FFI, keep: list, *, concurrency: int = 0, chunk_bytes: int = 0,
+            settings: Optional[Sequence[str]] = None) -> Any:
+    config = ffi.new("ms_config *")
+    config.concurrency = int(concurrency)
+    config.memory_limit = -1
+    config.chunk_bytes = int(chunk_bytes)
+    if settings and _has_field(ffi, "ms_config", "settings"):
+        arr = ffi.new("char *[]", len(settings))
+        for i, item in enumerate(settings):
+            cs = ffi.new("char[]", str(item).encode("utf-8"))
+            keep.append(cs)
+            arr[i] = cs
+        keep.append(arr)
+        config.settings = arr
+        config.n_settings = len(settings)
+    return config
+
+
+def _function(lib: Any, name: str) -> Any:
+    try:
+        return getattr(lib, name)
+    except Exception:  # an older library without it
+        return None
+
+
+def list_objects(uri: str, recursive: bool = False,
+                 settings: Optional[Sequence[str]] = None) -> List[Tuple[str, int]]:
+    """(uri, size) of the objects under uri (a directory or key prefix),
+    sorted by uri; direct children only unless recursive."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_list")
+    if fn is None:
+        raise RunaiStreamerInvalidInputException(
+            f"{uri}: this model-streamer library cannot list (no ms_list)"
+        )
+    keep: list = []
+    config = _config(ffi, keep, settings=settings)
+    out = ffi.new("char **")
+    err = ffi.new("char[]", ERR_BUF_LEN)
+    rc = fn(uri.encode("utf-8"), 1 if recursive else 0, config, out, err, ERR_BUF_LEN)
+    if rc != MS_OK:
+        raise error_for(rc, _message(ffi, err))
+    try:
+        text = ffi.string(out[0]).decode("utf-8") if out[0] != ffi.NULL else '{"objects": []}'
+    finally:
+        if out[0] != ffi.NULL:
+            lib.ms_free(out[0])
+    result = []
+    for o in json.loads(text).get("objects") or []:
+        result.append((o.get("uri", o.get("URI")), int(o.get("size", o.get("Size", 0)))))
+    return result
+
+
+def download(uri: str, path: str, *, concurrency: int = 0, chunk_bytes: int = 0,
+             settings: Optional[Sequence[str]] = None) -> None:
+    """Copies the object at uri to the local file path (atomically renamed
+    into place when complete)."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_download")
+    if fn is None:
+        raise RunaiStreamerInvalidInputException(
+            f"{uri}: this model-streamer library cannot download (no ms_download)"
+        )
+    keep: list = []
+    config = _config(ffi, keep, concurrency=concurrency, chunk_bytes=chunk_bytes,
+                     settings=settings)
+    err = ffi.new("char[]", ERR_BUF_LEN)
+    rc = fn(uri.encode("utf-8"), os.fsencode(path), config, err, ERR_BUF_LEN)
+    if rc != MS_OK:
+        raise error_for(rc, _message(ffi, err))
+
+
+def _has_field(ffi: cffi.FFI, struct: str, field: str) -> bool:
+    return any(name == field for name, _ in ffi.typeof(struct).fields)
+
+
+class Stream:
+    """One native stream (a handle from ms_stream_open)."""
+
+    def __init__(
+        self,
+        uris: Sequence[str],
+        names: Optional[Sequence[str]] = None,
+        *,
+        concurrency: int = 0,
+        memory_limit: int = -1,
+        chunk_bytes: int = 0,
+        read_mode: int = 0,
+        settings: Optional[Sequence[str]] = None,
+        batch: int = DEFAULT_BATCH,
+    ) -> None:
+        self.handle: Optional[int] = None
+        ffi, lib = load()
+        self._ffi = ffi
+        self._lib = lib
+        self._pid = os.getpid()
+        self.uris = [str(u) for u in uris]
+        self._batch = max(1, int(batch))
+        self._out = ffi.new("ms_tensor[]", self._batch)
+        self._n = ffi.new("int32_t *")
+        self._err = ffi.new("char[]", ERR_BUF_LEN)
+        self.ended = False
+
+        keep = []  # keeps the C strings alive for the call
+
+        def c_strings(items: Sequence[str]):
+            arr = ffi.new("char *[]", max(1, len(items)))
+            for i, s in enumerate(items):
+                cs = ffi.new("char[]", s.encode("utf-8"))
+                keep.append(cs)
+                arr[i] = cs
+            return arr
+
+        c_uris = c_strings(self.uris)
+        if names is None:
+            c_names, n_names = ffi.NULL, -1
+        else:
+            names = list(names)
+            c_names, n_names = c_strings(names), len(names)
+
+        config = ffi.new("ms_config *")
+        config.concurrency = int(concurrency)
+        config.memory_limit = int(memory_limit)
+        config.chunk_bytes = int(chunk_bytes)
+        config.read_mode = int(read_mode)
+        if settings and _has_field(ffi, "ms_config", "settings"):
+            settings = [str(x) for x in settings]
+            c_settings = c_strings(settings)
+            keep.append(c_settings)
+            config.settings = c_settings
+            config.n_settings = len(settings)
+        handle = ffi.new("int64_t *")
+        err = ffi.new("char[]", ERR_BUF_LEN)
+        rc = lib.ms_stream_open(
+            c_uris, len(self.uris), c_names, n_names, config, handle, err, ERR_BUF_LEN
+        )
+        del keep
+        if rc != MS_OK:
+            raise error_for(rc, _message(ffi, err))
+        self.handle = int(handle[0])
+
+    # -- helpers ---------------------------------------------------------
+    def _check(self) -> None:
+        _check_not_forked()
+        if self.handle is None:
+            raise RunaiStreamerError("model-streamer: the stream is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self.handle is None
+
+    # -- calls -----------------------------------------------------------
+    def metadata(self) -> Dict[str, Any]:
+        self._check()
+        ffi, lib = self._ffi, self._lib
+        size = 1 << 16
+        needed = ffi.new("size_t *")
+        err = ffi.new("char[]", ERR_BUF_LEN)
+        for _ in range(4):
+            buf = ffi.new("char[]", size)
+            rc = lib.ms_stream_metadata(self.handle, buf, size, needed, err, ERR_BUF_LEN)
+            if rc == MS_OK:
+                return json.loads(ffi.string(buf).decode("utf-8"))
+            if needed[0] > size:
+                size = int(needed[0])
+                continue
+            raise error_for(rc, _message(ffi, err))
+        raise RunaiStreamerError("model-streamer: the stream metadata kept growing")
+
+    def next_batch(self, timeout_ms: int = DEFAULT_WAIT_MS) -> Optional[List[Tuple[int, int, int, int, int]]]:
+        """Waits for ready tensors: a list of (file_index, tensor_index,
+        data_address, nbytes, token), or None once every tensor is delivered.
+
+        Waits in slices of ``timeout_ms`` so KeyboardInterrupt (and other
+        signals) are delivered between them.
+        """
+        self._check()
+        if self.ended:
+            return None
+        ffi, lib = self._ffi, self._lib
+        out, n, err = self._out, self._n, self._err
+        handle, batch = self.handle, self._batch
+        while True:
+            rc = lib.ms_stream_next(handle, out, batch, n, timeout_ms, err, ERR_BUF_LEN)
+            if rc == MS_OK:
+                count = n[0]
+                result = []
+                append = result.append
+                for i in range(count):
+                    t = out[i]
+                    append((
+                        t.file_index,
+                        t.tensor_index,
+                        int(ffi.cast("uintptr_t", t.data)),
+                        t.nbytes,
+                        t.token,
+                    ))
+                if result:
+                    return result
+                continue
+            if rc == MS_ERR_TIMEOUT:
+                continue
+            if rc == MS_ERR_END:
+                self.ended = True
+                return None
+            raise error_for(rc, _message(ffi, err))
+
+    def stats(self) -> Dict[str, int]:
+        self._check()
+        out = self._ffi.new("ms_stats *")
+        rc = self._lib.ms_stream_stats(self.handle, out)
+        if rc != MS_OK:
+            raise error_for(rc, "")
+        return {f: int(getattr(out, f)) for f in _STATS_FIELDS}
+
+    def close(self) -> None:
+        handle = self.handle
+        if handle is None:
+            return
+        self.handle = None
+        if _state.forked or os.getpid() != self._pid:
+            return  # the handle belongs to the parent's Go runtime
+        self._lib.ms_stream_close(handle)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,366 @@
+"""The model-streamer command.
+
+  model-streamer stream PATH... [--concurrency N] [--memory-limit N]
+                                [--read-mode M] [--chunk-bytes N] [--json]
+  model-streamer demo [--dir D] [--size-gb G] [--keep] [--cold] [--json]
+  model-streamer version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Sequence, TextIO
+
+from runai_model_streamer.config import (
+    CHUNK_BYTESIZE_ENV,
+    CONCURRENCY_ENV,
+    MEMORY_LIMIT_ENV,
+    READ_MODE_ENV,
+    READ_MODES,
+)
+from runai_model_streamer.exceptions import RunaiStreamerError
+
+
+class Progress:
+    """A one-line progress bar, redrawn at most every `interval` seconds."""
+
+    def __init__(self, total: int, out: TextIO = sys.stderr, enabled: bool = True,
+                 interval: float = 0.1, width: int = 30, label: str = "") -> None:
+        self.total = max(0, int(total))
+        self.out = out
+        self.enabled = enabled
+        self.interval = interval
+        self.width = width
+        self.label = label
+        self.done = 0
+        self.count = 0
+        self.start = time.perf_counter()
+        self._last = float("-inf")
+        self._drawn = False
+
+    def update(self, nbytes: int, count: int = 1) -> None:
+        self.done += nbytes
+        self.count += count
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self._last >= self.interval:
+            self._last = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        frac = self.done / self.total if self.total else 1.0
+        frac = min(max(frac, 0.0), 1.0)
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        elapsed = now - self.start
+        rate = self.done / elapsed / 1e9 if elapsed > 0 else 0.0
+        line = (f"\r{self.label}[{bar}] {frac * 100:5.1f}%  {self.done / 1e9:.2f}/"
+                f"{self.total / 1e9:.2f} GB  {rate:.2f} GB/s  {self.count} tensors")
+        self.out.write(line)
+        self.out.flush()
+        self._drawn = True
+
+    def finish(self) -> None:
+        if not self.enabled:
+            return
+        self._draw(time.perf_counter())
+        self.out.write("\n")
+        self.out.flush()
+
+
+def expand_paths(paths: Sequence[str]) -> List[str]:
+    """Files as given; directories -> their *.safetensors (sorted)."""
+    from runai_model_streamer.files import is_object_storage_path, list_safetensors
+
+    files: List[str] = []
+    for p in paths:
+        if not is_object_storage_path(p) and os.path.isdir(p):
+            found = list_safetensors(p)
+            if not found:
+                raise RunaiStreamerError(f"{p}: no *.safetensors files in this directory")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def stream_paths(paths: Sequence[str], progress: bool = False,
+                 out: TextIO = sys.stderr) -> Dict[str, Any]:
+    """Streams the files (settings from the environment) and returns the
+    summary: files, tensors, bytes, seconds, gb_per_s, first_tensor_s, stats."""
+    from runai_model_streamer.streamer import SafetensorsStreamer
+
+    files = expand_paths(paths)
+    tensors = 0
+    nbytes = 0
+    start = time.perf_counter()
+    first: Optional[float] = None
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files(files, owned=False)
+        bar = Progress(streamer.total_size, out=out, enabled=progress)
+        for _name, tensor in streamer.get_tensors():
+            if first is None:
+                first = time.perf_counter() - start
+            n = tensor.numel() * tensor.element_size()
+            tensors += 1
+            nbytes += n
+            bar.update(n)
+        seconds = time.perf_counter() - start
+        bar.finish()
+        stats = streamer.stats()
+        unaligned = streamer.unaligned_copies
+    from runai_model_streamer.config import StreamerConfig
+
+    config = StreamerConfig.from_env()
+    return {
+        "read_mode": config.read_mode,
+        "concurrency": config.concurrency,
+        "memory_limit": config.memory_limit,
+        "files": len(files),
+        "tensors": tensors,
+        "bytes": nbytes,
+        "seconds": seconds,
+        "gb_per_s": nbytes / seconds / 1e9 if seconds > 0 else 0.0,
+        "first_tensor_s": first if first is not None else 0.0,
+        "unaligned_copies": unaligned,
+        "stats": stats,
+    }
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"  # pragma: no cover
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    return "\n".join([
+        f"files:                {s['files']}",
+        f"tensors:              {s['tensors']}",
+        f"bytes:                {s['bytes']} ({_human(s['bytes'])})",
+        f"seconds:              {s['seconds']:.3f}",
+        f"throughput:           {s['gb_per_s']:.2f} GB/s",
+        f"time to first tensor: {s['first_tensor_s'] * 1000:.1f} ms",
+        f"settings:             read mode {s['read_mode']}, concurrency {s['concurrency']}, "
+        f"memory limit {s['memory_limit']}",
+    ])
+
+
+def _apply_settings(args: argparse.Namespace) -> None:
+    if getattr(args, "concurrency", None) is not None:
+        os.environ[CONCURRENCY_ENV] = str(args.concurrency)
+    if getattr(args, "memory_limit", None) is not None:
+        os.environ[MEMORY_LIMIT_ENV] = str(args.memory_limit)
+    if getattr(args, "chunk_bytes", None) is not None:
+        os.environ[CHUNK_BYTESIZE_ENV] = str(args.chunk_bytes)
+    if getattr(args, "read_mode", None) is not None:
+        os.environ[READ_MODE_ENV] = args.read_mode
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    if args.progress is not None:
+        return args.progress
+    return sys.stderr.isatty()
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    _apply_settings(args)
+    summary = stream_paths(args.paths, progress=_show_progress(args))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _drop_cache(paths: Sequence[str]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def plain_read(paths: Sequence[str]) -> Dict[str, Any]:
+    """Reads the files whole, single-threaded, with os.readv into one
+    preallocated, pre-faulted buffer."""
+    import numpy as np
+
+    sizes = [os.path.getsize(p) for p in paths]
+    total = sum(sizes)
+    buf = np.empty(max(total, 1), dtype=np.uint8)
+    buf[::4096] = 0  # fault every page in before the clock starts
+    buf[-1] = 0
+    view = memoryview(buf.data).cast("B")
+    step = 1 << 30
+    start = time.perf_counter()
+    offset = 0
+    for p, size in zip(paths, sizes):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            end = offset + size
+            while offset < end:
+                n = os.readv(fd, [view[offset:min(end, offset + step)]])
+                if n <= 0:
+                    raise RunaiStreamerError(f"{p}: unexpected end of file at byte {size - (end - offset)}")
+                offset += n
+        finally:
+            os.close(fd)
+    seconds = time.perf_counter() - start
+    del view, buf
+    return {"files": len(paths), "bytes": total, "seconds": seconds,
+            "gb_per_s": total / seconds / 1e9 if seconds > 0 else 0.0}
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from runai_model_streamer._writer import write_demo_checkpoint
+
+    _apply_settings(args)
+    total_bytes = int(args.size_gb * 1e9)
+    if total_bytes <= 0:
+        raise RunaiStreamerError("--size-gb must be positive")
+    created_dir = False
+    if args.dir:
+        directory = os.path.abspath(args.dir)
+        created_dir = not os.path.exists(directory)
+        os.makedirs(directory, exist_ok=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="model-streamer-demo-")
+        created_dir = True
+    log = sys.stderr
+    paths: List[str] = []
+    try:
+        t0 = time.perf_counter()
+        print(f"writing a {args.size_gb:g} GB sample checkpoint ({args.shards} shards) "
+              f"to {directory} ...", file=log, flush=True)
+        paths = write_demo_checkpoint(directory, total_bytes, shards=args.shards, seed=args.seed)
+        written = sum(os.path.getsize(p) for p in paths)
+        print(f"wrote {len(paths)} files, {written / 1e9:.2f} GB in "
+              f"{time.perf_counter() - t0:.1f} s", file=log, flush=True)
+
+        cache = "cold (page cache dropped)" if args.cold else "warm page cache"
+        if args.cold:
+            _drop_cache(paths)
+        print(f"streaming with model-streamer ({cache}) ...", file=log, flush=True)
+        streamed = stream_paths(paths, progress=_show_progress(args), out=log)
+
+        if args.cold:
+            _drop_cache(paths)
+        print(f"plain single-threaded read ({cache}) ...", file=log, flush=True)
+        plain = plain_read(paths)
+        ratio = streamed["gb_per_s"] / plain["gb_per_s"] if plain["gb_per_s"] > 0 else 0.0
+        result = {"directory": directory, "cache": "cold" if args.cold else "warm",
+                  "streamer": streamed, "plain_read": plain, "ratio": ratio}
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print("model-streamer:")
+            print("  " + format_summary(streamed).replace("\n", "\n  "))
+            print("plain read (os.readv, one thread, whole files):")
+            print(f"  files:      {plain['files']}")
+            print(f"  bytes:      {plain['bytes']} ({_human(plain['bytes'])})")
+            print(f"  seconds:    {plain['seconds']:.3f}")
+            print(f"  throughput: {plain['gb_per_s']:.2f} GB/s")
+            print(f"streamer / plain read: {ratio:.2f}x ({cache})")
+    finally:
+        if args.keep:
+            print(f"kept {directory}", file=log)
+        else:
+            for p in paths:
+                try:
+                    os.remove(p)
+                except OSError:
+                    pass
+            if created_dir:
+                shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    import runai_model_streamer
+    from runai_model_streamer import _native
+
+    print(f"model-streamer {runai_model_streamer.__version__} "
+          f"(library {_native.version()}, {_native.library_path()})")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-streamer",
+        description="Stream SafeTensors checkpoints and measure how fast.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def settings(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--concurrency", type=_positive_int, metavar="N",
+                       help=f"reader threads (sets {CONCURRENCY_ENV}; default 16)")
+        p.add_argument("--memory-limit", metavar="N",
+                       help=f"CPU buffer bytes: -1 whole request, 0 largest tensor "
+                            f"(sets {MEMORY_LIMIT_ENV})")
+        p.add_argument("--chunk-bytes", metavar="N",
+                       help=f"bytes per read (sets {CHUNK_BYTESIZE_ENV})")
+        p.add_argument("--read-mode", choices=sorted(READ_MODES),
+                       help=f"how local files are read (sets {READ_MODE_ENV}; default auto)")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="show a progress bar on stderr even when it is not a terminal")
+        p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="never show the progress bar")
+
+    p = sub.add_parser("stream", help="stream files or directories and print a summary")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a .safetensors file, or a directory of them")
+    settings(p)
+    p.set_defaults(func=cmd_stream)
+
+    p = sub.add_parser("demo", help="write a sample checkpoint, stream it, compare with a plain read")
+    p.add_argument("--dir", help="where to write the checkpoint (default: a temporary directory)")
+    p.add_argument("--size-gb", type=float, default=2.0, help="checkpoint size (default 2)")
+    p.add_argument("--shards", type=_positive_int, default=4, help="number of files (default 4)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--keep", action="store_true", help="keep the checkpoint")
+    p.add_argument("--cold", action="store_true",
+                   help="drop the files from the page cache before each read")
+    settings(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("version", help="print the package and library versions")
+    p.set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("model-streamer: interrupted", file=sys.stderr)
+        return 130
+    except (RunaiStreamerError, OSError, ValueError) as e:
+        print(f"model-streamer: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Listing and fetching model files: list_safetensors, pull_files,
+ObjectStorageModel, S3Credentials."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from runai_model_streamer.exceptions import (
+    RunaiStreamerError,
+    RunaiStreamerFileNotFoundError,
+    RunaiStreamerInvalidInputException,
+)
+
+SAFETENSORS_PATTERN = "*.safetensors"
+OBJECT_STORAGE_SCHEMES = ("s3", "gs", "az")
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class S3Credentials:
+    """Explicit object storage credentials (all optional)."""
+
+    __slots__ = ("access_key_id", "secret_access_key", "session_token", "region_name", "endpoint")
+
+    def __init__(
+        self,
+        access_key_id: Optional[str] = None,
+        secret_access_key: Optional[str] = None,
+        session_token: Optional[str] = None,
+        region_name: Optional[str] = None,
+        endpoint: Optional[str] = None,
+    ) -> None:
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+        self.session_token = session_token
+        self.region_name = region_name
+        self.endpoint = endpoint
+
+    def __repr__(self) -> str:
+        def hide(v: Optional[str]) -> str:
+            return "None" if v is None else "'***'"
+        return (f"S3Credentials(access_key_id={self.access_key_id!r}, "
+                f"secret_access_key={hide(self.secret_access_key)}, "
+                f"session_token={hide(self.session_token)}, region_name={self.region_name!r}, "
+                f"endpoint={self.endpoint!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, S3Credentials):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+
+def uri_scheme(path: str) -> str:
+    """'s3' for 's3://bucket/key', 'file' for a local path or 'file://...'."""
+    m = _SCHEME_RE.match(path)
+    return m.group(1).lower() if m else "file"
+
+
+def is_object_storage_path(path: str) -> bool:
+    return uri_scheme(path) != "file"
+
+
+def is_s3_path(path: str) -> bool:
+    return uri_scheme(path) == "s3"
+
+
+def is_gs_path(path: str) -> bool:
+    return uri_scheme(path) == "gs"
+
+
+def is_azure_path(path: str) -> bool:
+    return uri_scheme(path) == "az"
+
+
+def local_path(path: str) -> str:
+    """The file system path of a local path or file:// URI."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return path
+
+
+def _as_patterns(patterns: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    return list(patterns)
+
+
+def _matches(rel: str, allow: Optional[List[str]], ignore: Optional[List[str]]) -> bool:
+    if allow is not None and not any(fnmatch.fnmatch(rel, p) for p in allow):
+        return False
+    if ignore and any(fnmatch.fnmatch(rel, p) for p in ignore):
+        return False
+    return True
+
+
+def safe_destination(dst: str, rel: str) -> str:
+    """dst/rel, refusing any rel that would land outside dst."""
+    root = os.path.realpath(dst)
+    if os.path.isabs(rel) or rel.startswith(("/", "\\")):
+        raise RunaiStreamerInvalidInputException(f"refusing absolute path {rel!r} under {dst}")
+    target = os.path.realpath(os.path.join(root, rel))
+    if target == root or os.path.commonpath([root, target]) != root:
+        raise RunaiStreamerInvalidInputException(
+            f"refusing path {rel!r}: it leads outside the destination {dst}"
+        )
+    return target
+
+
+def _settings(credentials: Optional[S3Credentials]) -> List[str]:
+    from runai_model_streamer.config import backend_settings
+    return backend_settings(credentials=credentials)
+
+
+def _list_remote(uri: str, recursive: bool,
+                 credentials: Optional[S3Credentials]) -> List[Tuple[str, int]]:
+    """(uri, size) under uri, listed by the native library's backend."""
+    from runai_model_streamer import _native
+    return _native.list_objects(uri, recursive, settings=_settings(credentials))
+
+
+def _relative_key(prefix: str, uri: str) -> str:
+    if uri.startswith(prefix):
+        return uri[len(prefix):]
+    return uri.rsplit("/", 1)[-1]
+
+
+def _pull_remote(model_path: str, dst: str, allow: Optional[List[str]],
+                 ignore: Optional[List[str]], credentials: Optional[S3Credentials]) -> None:
+    from runai_model_streamer import _native
+
+    prefix = model_path if model_path.endswith("/") else model_path + "/"
+    settings = _settings(credentials)
+    objects = _native.list_objects(prefix, True, settings=settings)
+    os.makedirs(dst, exist_ok=True)
+    for uri, _size in objects:
+        rel = _relative_key(prefix, uri)
+        if not rel or rel.endswith("/"):
+            continue  # the prefix itself, or a "directory" marker
+        if not _matches(rel, allow, ignore):
+            continue
+        target = safe_destination(dst, rel)
+        _native.download(uri, target, settings=settings)
+
+
+def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) -> List[str]:
+    """The *.safetensors files directly in ``path`` (not recursive), sorted,
+    as full paths (full URIs for object storage)."""
+    path = os.fspath(path)
+    if is_object_storage_path(path):
+        objects = _list_remote(path, False, s3_credentials)
+        return sorted(uri for uri, _ in objects
+                      if fnmatch.fnmatch(uri.rstrip("/").rsplit("/", 1)[-1], SAFETENSORS_PATTERN)
+                      and not uri.endswith("/"))
+    directory = local_path(path)
+    if not os.path.exists(directory):
+        raise RunaiStreamerFileNotFoundError(f"{path}: no such directory")
+    if not os.path.isdir(directory):
+        raise RunaiStreamerInvalidInputException(f"{path}: not a directory")
+    names = sorted(
+        e.name for e in os.scandir(directory)
+        if fnmatch.fnmatch(e.name, SAFETENSORS_PATTERN) and e.is_file()
+    )
+    return [os.path.join(path, n) for n in names]
+
+
+def _walk_files(root: str) -> Iterable[str]:
+    """Relative paths ('/'-separated) of the files under root, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full):
+                out.append(os.path.relpath(full, root).replace(os.sep, "/"))
+    return sorted(out)
+
+
+def pull_files(
+    model_path: str,
+    dst: str,
+    allow_pattern: Optional[List[str]] = None,
+    ignore_pattern: Optional[List[str]] = None,
+    s3_credentials: Optional[S3Credentials] = None,
+) -> None:
+    """Copies the files under ``model_path`` (a local directory or an object
+    storage prefix, recursively) into ``dst``, keeping relative paths.
+    ``allow_pattern`` / ``ignore_pattern``: fnmatch patterns matched against
+    the path relative to model_path. Nothing is written outside ``dst``."""
+    model_path = os.fspath(model_path)
+    dst = os.fspath(dst)
+    allow = _as_patterns(allow_pattern)
+    ignore = _as_patterns(ignore_pattern)
+    if is_object_storage_path(model_path):
+        _pull_remote(model_path, dst, allow, ignore, s3_credentials)
+        return
+    src_root = local_path(model_path)
+    if not os.path.isdir(src_root):
+        raise RunaiStreamerFileNotFoundError(f"{model_path}: no such directory")
+    os.makedirs(dst, exist_ok=True)
+    for rel in _walk_files(src_root):
+        if not _matches(rel, allow, ignore):
+            continue
+        src = os.path.join(src_root, *rel.split("/"))
+        target = safe_destination(dst, rel)
+        if os.path.exists(target) and os.path.samefile(src, target):
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(src, target)
+        shutil.copymode(src, target)
+
+
+class ObjectStorageModel:
+    """A model directory, downloaded once per host.
+
+    For a local directory it just points at it: ``dir`` is model_path and
+    pull_files() does nothing. For an object storage URI one process per host
+    downloads into ``dst`` under a file lock (``dst + '.lock'``); the others
+    wait for it and reuse the result (a sentinel file marks a completed
+    download). Use as a context manager.
+    """
+
+    SENTINEL_NAME = ".runai_complete"
+
+    def __init__(self, model_path: str, dst: str,
+                 s3_credentials: Optional[S3Credentials] = None) -> None:
+        model_path = os.fspath(model_path)
+        dst = os.fspath(dst)
+        self._lock_file = None
+        self._s3_credentials = s3_credentials
+        self._local = not is_object_storage_path(model_path)
+        if self._local:
+            directory = local_path(model_path)
+            if not os.path.isdir(directory):
+                raise RunaiStreamerFileNotFoundError(f"{model_path}: no such directory")
+            self.dir = directory
+            self._model_path = directory
+            self._skip = True
+            return
+
+        import fcntl
+
+        self.dir = dst.rstrip("/") or "/"
+        self._model_path = model_path if model_path.endswith("/") else model_path + "/"
+        self._sentinel = os.path.join(self.dir, self.SENTINEL_NAME)
+        lock_path = self.dir + ".lock"
+        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
+        self._lock_file = open(lock_path, "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_SH)
+            if os.path.exists(self._sentinel):
+                self._skip = True
+                return
+            # Upgrading SH -> EX in place can deadlock between two upgraders.
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            if os.path.exists(self._sentinel):
+                self._skip = True
+                fcntl.flock(self._lock_file, fcntl.LOCK_SH)
+                return
+            self._skip = False
+            if os.path.exists(self.dir):
+                shutil.rmtree(self.dir)
+            os.makedirs(self.dir, exist_ok=True)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def pull_files(self, allow_pattern: Optional[List[str]] = None,
+                   ignore_pattern: Optional[List[str]] = None) -> None:
+        if self._skip:
+            return
+        pull_files(self._model_path, self.dir, allow_pattern, ignore_pattern,
+                   self._s3_credentials)
+
+    def _unlock(self) -> None:
+        lock_file = self._lock_file
+        self._lock_file = None
+        if lock_file is None or lock_file.closed:
+            return
+        import fcntl
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+        finally:
+            lock_file.close()
+
+    def __enter__(self) -> "ObjectStorageModel":
+        return self
+
+    def __exit__(self, exc_type, exc_value, traceback) -> bool:
+        try:
+            if exc_type is None and not self._skip:
+                downloaded = [f for f in os.listdir(self.dir) if f != self.SENTINEL_NAME]
+                if not downloaded:
+                    raise RunaiStreamerError(
+                        f"No files were downloaded to {self.dir!r} from {self._model_path!r}"
+                    )
+                with open(self._sentinel, "w"):
+                    pass
+        finally:
+            self._unlock()
+        return False
+
+    def __del__(self) -> None:
+        try:
+            self._unlock()
+        except Exception:
+            pass

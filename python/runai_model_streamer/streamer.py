@@ -1,0 +1,494 @@
+"""SafetensorsStreamer: stream the tensors of SafeTensors files as torch tensors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections import Counter, deque
+from timeit import default_timer as timer
+from typing import Any, Collection, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+
+from runai_model_streamer import _native
+from runai_model_streamer._dtypes import element_size
+from runai_model_streamer.config import StreamerConfig, backend_settings
+from runai_model_streamer.exceptions import (
+    RunaiStreamerError,
+    RunaiStreamerInvalidInputException,
+)
+from runai_model_streamer.files import S3Credentials, uri_scheme
+from runai_model_streamer.metadata import SafetensorMetadata
+
+logger = logging.getLogger("runai_model_streamer")
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _parse_device(device: Any) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, int):
+        return torch.device("cuda", device)
+    if not isinstance(device, str):
+        raise RunaiStreamerInvalidInputException(f"Unusable device {device!r}: expected a str")
+    try:
+        return torch.device(device)
+    except RuntimeError as first:
+        try:
+            return torch.device(device.strip().lower())
+        except RuntimeError:
+            raise RunaiStreamerInvalidInputException(
+                f"Unusable device {device!r}: {first}"
+            ) from None
+
+
+def _normalize_paths(paths: Any) -> List[str]:
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise RunaiStreamerInvalidInputException(
+            "stream_files() takes a list of paths; use stream_file() for a single path"
+        )
+    try:
+        items = list(paths)
+    except TypeError:
+        raise RunaiStreamerInvalidInputException(
+            f"stream_files() takes a list of paths, not {type(paths).__name__}"
+        ) from None
+    result = []
+    for p in items:
+        if isinstance(p, os.PathLike):
+            p = os.fspath(p)
+        if isinstance(p, bytes):
+            p = os.fsdecode(p)
+        if not isinstance(p, str):
+            raise RunaiStreamerInvalidInputException(
+                f"a path must be a str, not {type(p).__name__}: {p!r}"
+            )
+        if not p:
+            raise RunaiStreamerInvalidInputException("an empty string is not a path")
+        result.append(p)
+    return result
+
+
+def _check_schemes(paths: Sequence[str]) -> str:
+    schemes = {uri_scheme(p) for p in paths}
+    if len(schemes) > 1:
+        if "file" in schemes:
+            raise RunaiStreamerInvalidInputException(
+                "Cannot stream local paths and object storage URIs in one stream_files() call: "
+                f"{sorted(schemes)}"
+            )
+        raise RunaiStreamerInvalidInputException(
+            f"Cannot stream files from different storage schemes in one call: {sorted(schemes)}"
+        )
+    return schemes.pop() if schemes else "file"
+
+
+def _check_tensor_names(tensor_names: Optional[Collection[str]]) -> Optional[List[str]]:
+    if tensor_names is None:
+        return None
+    if isinstance(tensor_names, (str, bytes)):
+        raise RunaiStreamerInvalidInputException(
+            "tensor_names must be a collection of names, not a single str"
+        )
+    names = list(tensor_names)
+    if not names:
+        raise RunaiStreamerInvalidInputException(
+            "tensor_names must not be empty - pass None to load every tensor"
+        )
+    for n in names:
+        if not isinstance(n, str):
+            raise RunaiStreamerInvalidInputException(
+                f"tensor_names must hold str names, not {type(n).__name__}: {n!r}"
+            )
+    # Duplicates in the request itself are harmless; ask for each name once.
+    return list(dict.fromkeys(names))
+
+
+class SafetensorsStreamer:
+    """Streams SafeTensors files; a context manager.
+
+    >>> with SafetensorsStreamer() as streamer:
+    ...     streamer.stream_files(paths)
+    ...     for name, tensor in streamer.get_tensors():
+    ...         ...
+
+    After ``stream_files``:
+      files_to_tensors_metadata  {file index: [SafetensorMetadata, ...]} (the
+                                 requested tensors, in file-offset order)
+      total_size                 bytes of the requested tensors
+      unaligned_copies           tensors copied because their address did not
+                                 suit their dtype
+    """
+
+    def __init__(self) -> None:
+        self.files_to_tensors_metadata: Dict[int, List[SafetensorMetadata]] = {}
+        self.total_size = 0
+        self.device_str: Optional[str] = None
+        self.start_time: Optional[float] = None
+        self.unaligned_copies = 0
+        self.paths: List[str] = []
+        self.first_tensor_time: Optional[float] = None
+        self._stream: Optional[_native.Stream] = None
+        self._requested = False
+        self._owned = True
+        self._device = torch.device("cpu")
+        self._last_stats: Optional[Dict[str, int]] = None
+        self._iterators: "weakref.WeakSet[_IterState]" = weakref.WeakSet()
+
+    # -- context manager -------------------------------------------------
+    def __enter__(self) -> "SafetensorsStreamer":
+        return self
+
+    def __exit__(self, exc_type: Any, exc_value: Any, traceback: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- requests ---------------------------------------------------------
+    def stream_file(
+        self,
+        path: str,
+        s3_credentials: Optional[S3Credentials] = None,
+        device: Optional[str] = "cpu",
+        is_distributed: bool = False,
+        tensor_names: Optional[Collection[str]] = None,
+        owned: bool = True,
+    ) -> None:
+        """Streams one file; see stream_files."""
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str):
+            raise RunaiStreamerInvalidInputException(
+                f"stream_file() takes one path as a str, not {type(path).__name__}"
+            )
+        return self.stream_files(
+            [path],
+            s3_credentials=s3_credentials,
+            device=device,
+            is_distributed=is_distributed,
+            tensor_names=tensor_names,
+            owned=owned,
+        )
+
+    def stream_files(
+        self,
+        paths: List[str],
+        s3_credentials: Optional[S3Credentials] = None,
+        device: Optional[str] = "cpu",
+        is_distributed: bool = False,
+        tensor_names: Optional[Collection[str]] = None,
+        owned: bool = True,
+    ) -> None:
+        """Starts streaming the tensors of ``paths`` (all local, or all of one
+        object storage scheme).
+
+        Reads and validates every header, then starts reading in the
+        background; take the tensors with get_tensors().
+
+        owned=True (default): each yielded tensor is the caller's, valid for as
+        long as it is referenced (no copy is made; its memory returns to the
+        streamer when the tensor is garbage-collected).
+        owned=False: a yielded tensor is valid only until the iteration
+        advances (its memory is then reused) or the streamer is closed.
+
+        Settings come from the environment at this call: RUNAI_STREAMER_CONCURRENCY,
+        RUNAI_STREAMER_MEMORY_LIMIT, RUNAI_STREAMER_CHUNK_BYTESIZE,
+        MODEL_STREAMER_READ_MODE.
+        """
+        names = _check_tensor_names(tensor_names)
+        path_list = _normalize_paths(paths)
+        scheme = _check_schemes(path_list)
+        dev = _parse_device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RunaiStreamerInvalidInputException(
+                f"Unusable device {device!r}: CUDA is not available"
+            )
+        config = StreamerConfig.from_env()
+
+        # A new request replaces the previous one.
+        self.close()
+        self.files_to_tensors_metadata = {}
+        self.total_size = 0
+        self.unaligned_copies = 0
+        self.device_str = str(dev)
+        self.paths = path_list
+        self.first_tensor_time = None
+        self._last_stats = None
+        self._owned = bool(owned)
+        self._device = dev
+        self._requested = False
+
+        if is_distributed:
+            logger.debug(
+                "[model-streamer] is_distributed=True: distributed streaming is not available "
+                "yet; every process reads its files itself"
+            )
+        if s3_credentials is not None and scheme == "file":
+            logger.debug("[model-streamer] s3_credentials ignored for local paths")
+
+        self.start_time = timer()
+        if not path_list:
+            self._requested = True
+            return
+
+        stream = _native.Stream(
+            path_list,
+            names,
+            concurrency=config.concurrency,
+            memory_limit=config.memory_limit,
+            chunk_bytes=config.chunk_bytes,
+            read_mode=config.read_mode_code,
+            settings=backend_settings(credentials=s3_credentials),
+        )
+        try:
+            self._load_metadata(stream, path_list, names)
+        except BaseException:
+            stream.close()
+            self.files_to_tensors_metadata = {}
+            self.total_size = 0
+            raise
+        self._stream = stream
+        self._requested = True
+        logger.debug(
+            "[model-streamer] streaming %d tensor(s), %s from %d file(s): concurrency %d, "
+            "memory limit %d, read mode %s",
+            sum(len(v) for v in self.files_to_tensors_metadata.values()),
+            format_bytes(self.total_size), len(path_list), config.concurrency,
+            config.memory_limit, config.read_mode,
+        )
+
+    def _load_metadata(self, stream: _native.Stream, paths: List[str],
+                       names: Optional[List[str]]) -> None:
+        meta = stream.metadata()
+        files = meta.get("files", [])
+        if len(files) != len(paths):
+            raise RunaiStreamerError(
+                f"model-streamer: the library described {len(files)} file(s) for "
+                f"{len(paths)} requested"
+            )
+        result: Dict[int, List[SafetensorMetadata]] = {}
+        total = 0
+        for index, entry in enumerate(files):
+            path = paths[index]
+            tensors = []
+            for t in entry.get("tensors", []):
+                m = SafetensorMetadata(t["name"], t, path=path)
+                dtype = m.get_torch_dtype()  # raises for a dtype torch lacks
+                expected = m.get_item_count() * m.get_element_size()
+                if expected != m.get_bytesize():
+                    raise RunaiStreamerInvalidInputException(
+                        f"{path}: tensor {m.name!r}: shape {m.shape} x {m.dtype} is "
+                        f"{expected} bytes but its data_offsets [{m.offsets.start}, "
+                        f"{m.offsets.end}) span {m.get_bytesize()} (as torch.{dtype})"
+                    )
+                m._element_size = element_size(dtype)
+                tensors.append(m)
+                total += m.get_bytesize()
+            result[index] = tensors
+
+        if names is not None:
+            found = [m.name for tensors in result.values() for m in tensors]
+            missing = set(names) - set(found)
+            if missing:
+                raise RunaiStreamerInvalidInputException(
+                    f"tensor_names not found in checkpoint: {sorted(missing)}"
+                )
+            if len(found) != len(set(found)):
+                counts = Counter(found)
+                duplicates = sorted(n for n, c in counts.items() if c > 1)
+                raise RunaiStreamerInvalidInputException(
+                    f"tensor_names requested tensors that appear in more than one file: "
+                    f"{duplicates}"
+                )
+        self.files_to_tensors_metadata = result
+        self.total_size = total
+
+    # -- consumption ------------------------------------------------------
+    def get_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """Yields (name, tensor) as each tensor's bytes arrive (completion
+        order, not file order)."""
+        if not self._requested:
+            raise RunaiStreamerError(
+                "get_tensors() called before stream_file() / stream_files()"
+            )
+        return self._iterate(self._stream, self.files_to_tensors_metadata,
+                             self._owned, self._device)
+
+    def _iterate(self, stream: Optional[_native.Stream],
+                 metas: Dict[int, List[SafetensorMetadata]], owned: bool,
+                 device: torch.device) -> Iterator[Tuple[str, torch.Tensor]]:
+        to_device = device.type != "cpu"
+        state = _IterState()
+        pending = state.pending
+        if stream is not None:
+            self._iterators.add(state)
+        completed = False
+        try:
+            if stream is None:
+                completed = True
+                return
+            while True:
+                if stream.closed:  # close(), or a new request replaced this one
+                    return
+                if not pending:
+                    try:
+                        batch = stream.next_batch()
+                    except RunaiStreamerError:
+                        if stream.closed:  # closed under us (close() from another thread)
+                            return
+                        raise
+                    if batch is None:
+                        completed = True
+                        return
+                    pending.extend(batch)
+                try:
+                    file_index, tensor_index, addr, nbytes, token = pending.popleft()
+                except IndexError:  # drained by close() from another thread
+                    continue
+                try:
+                    meta = metas[file_index][tensor_index]
+                except (KeyError, IndexError):
+                    _native.release(token)
+                    raise RunaiStreamerError(
+                        f"model-streamer: the library delivered an unknown tensor "
+                        f"(file {file_index}, tensor {tensor_index})"
+                    ) from None
+                tensor, zero_copy = self._wrap(meta, addr, nbytes, token)
+                if to_device:
+                    tensor = tensor.to(device)
+                    if not owned and zero_copy:
+                        # The copy to the device is done; the host bytes are free.
+                        _native.release(token)
+                        zero_copy = False
+                if self.first_tensor_time is None:
+                    self.first_tensor_time = timer()
+                if not owned and zero_copy:
+                    state.held = token
+                yield meta.name, tensor
+                del tensor
+                state.release_held()
+        finally:
+            state.release_all()
+            self._iterators.discard(state)
+            if completed:
+                self._log_throughput()
+
+    def _wrap(self, meta: SafetensorMetadata, addr: int, nbytes: int,
+              token: int) -> Tuple[torch.Tensor, bool]:
+        """A tensor over the bytes at addr. Returns (tensor, zero_copy): when
+        zero_copy is False the token has already been released."""
+        dtype = meta._torch_dtype
+        shape = meta.shape
+        if nbytes != meta.get_bytesize():
+            _native.release(token)
+            raise RunaiStreamerError(
+                f"{meta.path}: tensor {meta.name!r}: the library delivered {nbytes} bytes, "
+                f"the header says {meta.get_bytesize()}"
+            )
+        if nbytes == 0 or meta.get_item_count() == 0:
+            _native.release(token)
+            return torch.empty(shape, dtype=dtype), False
+        ffi = _native._state.ffi
+        esize = meta._element_size
+        if addr % esize:
+            src = torch.frombuffer(ffi.buffer(ffi.cast("char *", addr), nbytes), dtype=torch.uint8)
+            copy = torch.empty(nbytes, dtype=torch.uint8)
+            copy.copy_(src)
+            del src
+            _native.release(token)
+            self.unaligned_copies += 1
+            return copy.view(dtype).view(shape), False
+        ptr = ffi.gc(ffi.cast("void *", addr), _native.make_releaser(token))
+        tensor = torch.frombuffer(ffi.buffer(ptr, nbytes), dtype=dtype)
+        return tensor.view(shape), True
+
+    # -- reporting ---------------------------------------------------------
+    def _log_throughput(self) -> None:
+        if self.start_time is None:
+            return
+        try:
+            elapsed = timer() - self.start_time
+            rate = self.total_size / elapsed if elapsed > 0 else 0.0
+            logger.info(
+                f"[model-streamer] Overall time to stream {format_bytes(self.total_size)} of all "
+                f"files to {self.device_str}: {round(elapsed, 2)}s, {format_bytes(rate)}/s"
+            )
+            if self.unaligned_copies:
+                logger.debug(
+                    f"[model-streamer] Copied {self.unaligned_copies} tensor(s) whose address "
+                    "their dtype could not use"
+                )
+        except Exception:  # a log line must never break a load
+            pass
+
+    def stats(self) -> Dict[str, int]:
+        """The native stream statistics (ms_stream_stats): bytes_requested,
+        bytes_read, reads, retries, tensors_delivered, arena_bytes,
+        first_tensor_ns, elapsed_ns, memory_wait_ns, consumer_wait_ns.
+        After close(), the last values seen."""
+        if self._stream is not None and not self._stream.closed:
+            self._last_stats = self._stream.stats()
+        return dict(self._last_stats or {})
+
+    def close(self) -> None:
+        """Stops streaming and frees the stream. Tensors yielded with
+        owned=True stay valid."""
+        # Tensors fetched but not yet yielded, and (owned=False) the one
+        # yielded last, go back now, even if their iterator is never resumed.
+        for state in list(self._iterators):
+            state.release_all()
+        self._iterators.clear()
+        stream = self._stream
+        if stream is None:
+            return
+        self._stream = None
+        try:
+            if not stream.closed:
+                try:
+                    self._last_stats = stream.stats()
+                except Exception:
+                    pass
+        finally:
+            stream.close()
+
+
+class _IterState:
+    """What one get_tensors() iterator holds: tokens fetched but not yet
+    yielded, and (owned=False) the token of the tensor yielded last."""
+
+    __slots__ = ("pending", "held", "__weakref__")
+
+    def __init__(self) -> None:
+        self.pending: deque = deque()
+        self.held: Optional[int] = None
+
+    def release_held(self) -> None:
+        held, self.held = self.held, None
+        if held is not None:
+            _native.release(held)
+
+    def release_all(self) -> None:
+        self.release_held()
+        pending = self.pending
+        while True:
+            try:
+                entry = pending.popleft()
+            except IndexError:
+                break
+            _native.release(entry[4])
