@@ -278,6 +278,23 @@ func msgo_stream_stats(h C.int64_t, out *C.ms_stats) (rc C.int) {
 	return C.MS_OK
 }
 
+//export msgo_stream_arena
+func msgo_stream_arena(h C.int64_t, base *unsafe.Pointer, length *C.uint64_t) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	e := lookup(h)
+	if e == nil {
+		return C.MS_ERR_BAD_HANDLE
+	}
+	if base == nil || length == nil {
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	if mem := e.s.Arena(); len(mem) > 0 {
+		*base = unsafe.Pointer(unsafe.SliceData(mem))
+		*length = C.uint64_t(len(mem))
+	}
+	return C.MS_OK
+}
+
 //export msgo_stream_close
 func msgo_stream_close(h C.int64_t) (rc C.int) {
 	defer guard(&rc, nil, 0)

@@ -123,6 +123,12 @@ int ms_release(uint64_t token);
 
 int ms_stream_stats(int64_t handle, ms_stats *out);
 
+/* The stream's reusable buffer (the ring), for registering it with a device
+ * runtime (pinning). Tensors of regions placed outside it (mapped files,
+ * fresh memory while the caller holds the ring) lie elsewhere. Sets
+ * *base = NULL, *len = 0 when the stream has none. Valid until close. */
+int ms_stream_arena(int64_t handle, void **base, uint64_t *len);
+
 /* Lists the objects under uri (a directory or a key prefix) as JSON,
  * {"objects":[{"uri":"...","size":N}, ...]} sorted by uri, in a string the
  * library allocates: *out_json, to be freed with ms_free(). recursive == 0

@@ -75,3 +75,10 @@ int ms_download(const char *uri, const char *path, const ms_config *config, char
     if (forked(err, err_len)) return MS_ERR_FORKED;
     return msgo_download((char *)uri, (char *)path, (ms_config *)config, err, err_len);
 }
+
+int ms_stream_arena(int64_t handle, void **base, uint64_t *len) {
+    if (base != NULL) *base = NULL;
+    if (len != NULL) *len = 0;
+    if (forked(NULL, 0)) return MS_ERR_FORKED;
+    return msgo_stream_arena(handle, base, len);
+}

@@ -466,6 +466,16 @@ func (s *Stream) fail(err error) {
 	})
 }
 
+// Arena returns the stream's ring buffer (nil if it has none), for
+// registering it with a device runtime. It stays mapped until Close and
+// every tensor in it is released.
+func (s *Stream) Arena() []byte {
+	if s.arena == nil || s.arena.ring == nil {
+		return nil
+	}
+	return s.arena.ring.mem
+}
+
 // Files describes the requested files, in request order.
 func (s *Stream) Files() []FileInfo {
 	out := make([]FileInfo, len(s.files))
