@@ -63,7 +63,12 @@ type arena struct {
 	peak     int64 // bytes allocated at once, peak
 	current  int64
 	lent     []*segment // file mappings regions point into
-	onWait   func()     // called (under mu) when alloc starts waiting
+	// unlimited arenas have no memory limit: once the consumer is found
+	// keeping the ring's tensors, every region that does not fit gets fresh
+	// memory at once instead of waiting for a grant each.
+	unlimited bool
+	fresh     bool
+	onWait    func() // called (under mu) when alloc starts waiting
 }
 
 func newArena(capacity int64) (*arena, error) {
@@ -97,7 +102,7 @@ func (a *arena) alloc(r *region) (bool, error) {
 			a.head = off + n
 			return true, nil
 		}
-		if a.grant {
+		if a.grant || a.fresh {
 			a.grant = false
 			mem, release, err := allocAnon(n)
 			if err != nil {
@@ -152,6 +157,7 @@ func (a *arena) unstick(stuck func() bool) bool {
 		return false
 	}
 	a.grant = true
+	a.fresh = a.unlimited
 	a.cond.Broadcast()
 	return true
 }

@@ -60,3 +60,28 @@ func TestHoldingThePreviousTensorCostsOneRegion(t *testing.T) {
 		}
 	}
 }
+
+// With no memory limit, a consumer that keeps every tensor must not be
+// served one region at a time: once the ring is full of kept tensors the
+// rest is read into fresh memory as fast as the readers go.
+func TestUnlimitedConsumerKeepingEverything(t *testing.T) {
+	defer stream.SetUnlimitedRing(64 << 10)()
+	cp := writeCheckpoint(t, 99, 3, 60, 30000)
+	for _, mode := range []fs.Mode{fs.Buffered, fs.Direct} {
+		cfg := stream.DefaultConfig(registry(mode))
+		cfg.ChunkBytes = 32 << 10
+		s, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := drain(t, s, cp.want, true)
+		st := s.Stats()
+		s.Close()
+		if len(seen) != len(cp.want) {
+			t.Fatalf("got %d tensors, want %d", len(seen), len(cp.want))
+		}
+		if st.ArenaBytes <= 64<<10 {
+			t.Fatalf("arena peaked at %d bytes: kept tensors cannot fit the ring", st.ArenaBytes)
+		}
+	}
+}

@@ -160,6 +160,10 @@ func (s *Stream) openFiles(uris []string) error {
 
 const speculativeHeaderBytes = 1 << 20
 
+// unlimitedRing is the reusable buffer of a stream with no memory limit
+// (a variable so tests can shrink it).
+var unlimitedRing int64 = 256 << 20
+
 func (s *Stream) openFile(f *fileState) error {
 	obj, err := s.cfg.Storage.Open(s.ctx, f.uri)
 	if err != nil {
@@ -276,6 +280,13 @@ func (s *Stream) planMemory() error {
 	}
 	capacity := ringBytes
 	switch {
+	case limit == Unlimited:
+		// No limit does not mean allocating the whole request: fresh memory
+		// is slow to touch, so a ring that is reused while the consumer
+		// keeps up is faster. If the consumer keeps what it takes, the ring
+		// fills with its tensors and the arena turns to fresh memory for
+		// the rest (see arena.unlimited).
+		capacity = min(capacity, max(unlimitedRing, 2*biggest))
 	case limit == LargestTensor:
 		capacity = min(capacity, biggest)
 	case limit > 0:
@@ -285,6 +296,7 @@ func (s *Stream) planMemory() error {
 	if err != nil {
 		return err
 	}
+	a.unlimited = limit == Unlimited
 	a.lent = lent
 	s.arena = a
 	s.st.bytesRequested.Store(0)
