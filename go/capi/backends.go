@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -71,7 +72,8 @@ func parseConfig(config *cConfig) (request, error) {
 func (r request) registry() *storage.Registry {
 	reg := storage.NewRegistry()
 	reg.Register("file", fs.New(fs.Options{Mode: r.mode}))
-	gsViaS3 := strings.Contains(r.settings.Get("AWS_ENDPOINT_URL", r.settings["AWS_ENDPOINT_URL_S3"]), "storage.googleapis.com")
+	// The s3 backend prefers AWS_ENDPOINT_URL_S3 over AWS_ENDPOINT_URL; so does this.
+	gsViaS3 := strings.Contains(r.settings.Get("AWS_ENDPOINT_URL_S3", r.settings["AWS_ENDPOINT_URL"]), "storage.googleapis.com")
 	for scheme, build := range map[string]func(storage.Settings) (storage.Backend, error){
 		"s3": s3.New,
 		"gs": func(s storage.Settings) (storage.Backend, error) {
@@ -101,10 +103,21 @@ func (l *lazyBackend) get() (storage.Backend, error) {
 	return l.b, l.err
 }
 
+// named puts uri into a backend construction error, which cannot know it.
+func named(uri string, err error) error {
+	var se *storage.Error
+	if errors.As(err, &se) && se.URI == "" {
+		c := *se
+		c.URI = uri
+		return &c
+	}
+	return &storage.Error{Op: "configure", URI: uri, Code: storage.CodeOf(err), Err: err}
+}
+
 func (l *lazyBackend) Open(ctx context.Context, uri string) (storage.Object, error) {
 	b, err := l.get()
 	if err != nil {
-		return nil, err
+		return nil, named(uri, err)
 	}
 	return b.Open(ctx, uri)
 }
@@ -112,7 +125,7 @@ func (l *lazyBackend) Open(ctx context.Context, uri string) (storage.Object, err
 func (l *lazyBackend) List(ctx context.Context, uri string, recursive bool) ([]storage.ObjectInfo, error) {
 	b, err := l.get()
 	if err != nil {
-		return nil, err
+		return nil, named(uri, err)
 	}
 	lister, ok := b.(storage.Lister)
 	if !ok {

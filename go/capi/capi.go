@@ -11,6 +11,7 @@ package main
 import "C"
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -354,12 +355,18 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
 	ctx := context.Background()
-	obj, err := req.registry().Open(ctx, C.GoString(uri))
+	reg := req.registry()
+	obj, err := reg.Open(ctx, C.GoString(uri))
 	if err != nil {
 		return fail(errBuf, errLen, err)
 	}
 	defer obj.Close()
-	err = fetch.ToFile(ctx, obj, C.GoString(path), fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry})
+	opts := fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry}
+	if c, ch, ok := reg.Tuning(C.GoString(uri)); ok {
+		opts.Concurrency = cmp.Or(opts.Concurrency, c)
+		opts.ChunkBytes = cmp.Or(opts.ChunkBytes, ch)
+	}
+	err = fetch.ToFile(ctx, obj, C.GoString(path), opts)
 	if err != nil {
 		return fail(errBuf, errLen, err)
 	}

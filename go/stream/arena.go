@@ -16,6 +16,7 @@ type segment struct {
 	retired bool
 	own     bool // standalone memory the arena allocated outside the ring
 	release func()
+	keep    func() // an own segment's unmapping, kept while it is the spare
 }
 
 // allocAnon maps n bytes of private anonymous memory, 2 MiB aligned and
@@ -68,7 +69,8 @@ type arena struct {
 	// memory at once instead of waiting for a grant each.
 	unlimited bool
 	fresh     bool
-	onWait    func() // called (under mu) when alloc starts waiting
+	spare     *segment // one released standalone block, kept for reuse
+	onWait    func()   // called (under mu) when alloc starts waiting
 }
 
 func newArena(capacity int64) (*arena, error) {
@@ -104,16 +106,12 @@ func (a *arena) alloc(r *region) (bool, error) {
 		}
 		if a.grant || a.fresh {
 			a.grant = false
-			mem, release, err := allocAnon(n)
+			seg, err := a.standalone(n)
 			if err != nil {
 				return false, err
 			}
-			r.seg = &segment{mem: mem, live: 1, retired: true, own: true, release: release}
-			r.mem = mem
-			a.current += n
-			if a.current > a.peak {
-				a.peak = a.current
-			}
+			r.seg = seg
+			r.mem = seg.mem[:n:n]
 			return true, nil
 		}
 		a.waiting = true
@@ -178,6 +176,11 @@ func (a *arena) free(r *region) {
 		// A waiter must look again before the consumer may call it stuck.
 		a.waiting = false
 		a.cond.Broadcast()
+	} else if seg.own && a.spare == nil && !a.closed && !a.fresh {
+		// Keep one standalone block for the next grant: its pages are
+		// already touched, which fresh memory's are not.
+		a.spare = seg
+		seg.release = nil
 	} else if seg.own {
 		a.current -= int64(len(seg.mem))
 	}
@@ -197,6 +200,11 @@ func (a *arena) close() {
 	a.closed = true
 	a.cond.Broadcast()
 	var give []func()
+	if a.spare != nil {
+		give = append(give, a.spare.keep)
+		a.current -= int64(len(a.spare.mem))
+		a.spare = nil
+	}
 	for _, seg := range append([]*segment{a.ring}, a.lent...) {
 		seg.retired = true
 		if seg.live == 0 && seg.release != nil {
@@ -208,6 +216,32 @@ func (a *arena) close() {
 	for _, g := range give {
 		g()
 	}
+}
+
+// standalone returns memory outside the ring for n bytes: the spare block
+// when it is large enough, else a new block. Blocks are made at least the
+// ring's size so a spare fits any later region of a capped stream.
+func (a *arena) standalone(n int64) (*segment, error) {
+	if sp := a.spare; sp != nil {
+		a.spare = nil
+		if int64(len(sp.mem)) >= n {
+			sp.live, sp.release = 1, sp.keep
+			return sp, nil
+		}
+		a.current -= int64(len(sp.mem))
+		sp.keep()
+	}
+	size := n
+	if !a.fresh {
+		size = max(n, a.capacity)
+	}
+	mem, release, err := allocAnon(size)
+	if err != nil {
+		return nil, err
+	}
+	a.current += size
+	a.peak = max(a.peak, a.current)
+	return &segment{mem: mem, live: 1, retired: true, own: true, release: release, keep: release}, nil
 }
 
 func (a *arena) peakBytes() int64 {

@@ -21,6 +21,7 @@ func main() {
 	limit := flag.Int64("memory-limit", stream.Unlimited, "-1, 0 or bytes")
 	chunk := flag.Int64("chunk", stream.DefaultChunkBytes, "bytes per read")
 	drop := flag.Bool("cold", false, "drop the files from the page cache first")
+	holdPrevious := flag.Bool("hold-previous", false, "keep each tensor until the next arrives, as a for loop's variable does")
 	flag.Parse()
 	m, err := fs.ParseMode(*mode)
 	if err != nil {
@@ -44,6 +45,7 @@ func main() {
 	}
 	defer s.Close()
 	var n, bytes int
+	var prev *stream.Ready
 	for {
 		batch, err := s.Next(context.Background(), 0, -1)
 		if err == io.EOF {
@@ -51,11 +53,22 @@ func main() {
 		} else if err != nil {
 			fail(err)
 		}
-		for _, r := range batch {
+		for i := range batch {
 			n++
-			bytes += len(r.Data)
-			r.Release()
+			bytes += len(batch[i].Data)
+			if prev != nil {
+				prev.Release()
+				prev = nil
+			}
+			if *holdPrevious {
+				prev = &batch[i]
+			} else {
+				batch[i].Release()
+			}
 		}
+	}
+	if prev != nil {
+		prev.Release()
 	}
 	el := time.Since(start)
 	st := s.Stats()

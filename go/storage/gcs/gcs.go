@@ -42,7 +42,7 @@
 //     set.
 //   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
 //     response header, no body byte) for this long is aborted as a stalled
-//     transfer (storage.Unavailable); default 30000.
+//     transfer (storage.Unavailable); default 30000, 0 disables.
 //
 // # Retries
 //
@@ -101,6 +101,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -184,8 +185,11 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	stall := DefaultStallTimeout
 	if v := strings.TrimSpace(s.Get(SettingStallTimeoutMS, "")); v != "" {
 		ms, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || ms <= 0 {
-			return nil, storage.InvalidArgument, fmt.Errorf("%s=%q: want a positive number of milliseconds", SettingStallTimeoutMS, v)
+		if err != nil || ms < 0 {
+			return nil, storage.InvalidArgument, fmt.Errorf("%s=%q: want milliseconds (0: no stall detection)", SettingStallTimeoutMS, v)
+		}
+		if ms == 0 {
+			ms = math.MaxInt64 / int64(time.Millisecond) // 0 disables, as for every backend
 		}
 		stall = time.Duration(ms) * time.Millisecond
 	}

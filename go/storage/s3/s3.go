@@ -55,7 +55,7 @@
 //     (HeadObject, ListObjectsV2); default 5.
 //   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives no byte (no
 //     response header, no body byte) for this long is aborted as a stalled
-//     transfer (storage.Unavailable); default 30000.
+//     transfer (storage.Unavailable); default 30000, 0 disables.
 //
 // When an endpoint is set, the SDK's request checksum calculation and response
 // checksum validation are set to "when required": compatible stores often
@@ -109,6 +109,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -222,8 +223,11 @@ func newBackend(s storage.Settings) (*backend, error) {
 	stall := DefaultStallTimeout
 	if v := s.Get(SettingStallTimeoutMS, ""); v != "" {
 		ms, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || ms <= 0 {
-			return nil, fmt.Errorf("%s=%q: want a positive number of milliseconds", SettingStallTimeoutMS, v)
+		if err != nil || ms < 0 {
+			return nil, fmt.Errorf("%s=%q: want milliseconds (0: no stall detection)", SettingStallTimeoutMS, v)
+		}
+		if ms == 0 {
+			ms = math.MaxInt64 / int64(time.Millisecond) // 0 disables, as for every backend
 		}
 		stall = time.Duration(ms) * time.Millisecond
 	}
