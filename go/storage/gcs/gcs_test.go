@@ -220,7 +220,7 @@ func TestSettingsErrors(t *testing.T) {
 		{storage.Settings{SettingEndpoint: "127.0.0.1:4443"}, storage.InvalidArgument, SettingEndpoint},
 		{storage.Settings{SettingEndpoint: "ftp://x/"}, storage.InvalidArgument, SettingEndpoint},
 		{storage.Settings{SettingEmulatorHost: "http://"}, storage.InvalidArgument, SettingEmulatorHost},
-		{storage.Settings{SettingEmulatorHost: "127.0.0.1:1", SettingStallTimeoutMS: "0"}, storage.InvalidArgument, SettingStallTimeoutMS},
+		{storage.Settings{SettingEmulatorHost: "127.0.0.1:1", SettingStallTimeoutMS: "-1"}, storage.InvalidArgument, SettingStallTimeoutMS},
 		{storage.Settings{SettingEmulatorHost: "127.0.0.1:1", SettingStallTimeoutMS: "soon"}, storage.InvalidArgument, SettingStallTimeoutMS},
 		{storage.Settings{SettingCredentialFile: filepath.Join(dir, "missing.json")}, storage.InvalidArgument, SettingCredentialFile},
 		{storage.Settings{SettingADCFile: notJSON}, storage.InvalidArgument, SettingADCFile},
