@@ -156,11 +156,13 @@ type fileJSON struct {
 	Tensors    []tensorJSON `json:"tensors"`
 }
 
-func metadataJSON(s *stream.Stream) []byte {
+func metadataJSON(s *stream.Stream) []byte { return filesJSON(s.Files()) }
+
+func filesJSON(files []stream.FileInfo) []byte {
 	var doc struct {
 		Files []fileJSON `json:"files"`
 	}
-	for _, f := range s.Files() {
+	for _, f := range files {
 		fj := fileJSON{URI: f.URI, DataOffset: f.Header.DataOffset, Size: f.Size, Strategy: f.Strategy,
 			Tensors: make([]tensorJSON, len(f.Tensors))}
 		for i, t := range f.Tensors {
@@ -370,5 +372,28 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 	if err != nil {
 		return fail(errBuf, errLen, err)
 	}
+	return C.MS_OK
+}
+
+//export msgo_read_headers
+func msgo_read_headers(uris **C.char, nURIs C.int32_t, config *cConfig, out **C.char,
+	errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if out == nil || (uris == nil && nURIs > 0) || nURIs < 0 {
+		setErr(errBuf, errLen, "ms_read_headers: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	*out = nil
+	req, err := parseConfig(config)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	cfg := stream.DefaultConfig(req.registry())
+	cfg.Concurrency, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.chunkBytes, req.retry
+	files, err := stream.ReadHeaders(context.Background(), cfg, cStrings(uris, nURIs))
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	*out = C.CString(string(filesJSON(files)))
 	return C.MS_OK
 }

@@ -149,6 +149,14 @@ int ms_download(const char *uri, const char *path, const ms_config *config,
  * stream's memory, and frees the handle. Memory behind unreleased tokens
  * is freed when they are released. */
 int ms_stream_close(int64_t handle);
+/* Reads and validates the headers of every file (in parallel), reading no
+ * tensor data, and returns them as JSON in a string the library allocates
+ * (*out_json, to be freed with ms_free()): the document ms_stream_metadata
+ * returns, with every tensor of each file ("tensors" in file-offset order).
+ * config: the backend settings, concurrency and chunk size (memory_limit and
+ * read_mode are ignored). Errors as ms_stream_open's. */
+int ms_read_headers(const char *const *uris, int32_t n_uris, const ms_config *config,
+                    char **out_json, char *err, size_t err_len);
 /* CDEF END */
 
 #ifdef __cplusplus

@@ -82,3 +82,10 @@ int ms_stream_arena(int64_t handle, void **base, uint64_t *len) {
     if (forked(NULL, 0)) return MS_ERR_FORKED;
     return msgo_stream_arena(handle, base, len);
 }
+
+int ms_read_headers(const char *const *uris, int32_t n_uris, const ms_config *config, char **out_json,
+                    char *err, size_t err_len) {
+    if (out_json != NULL) *out_json = NULL;
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_read_headers((char **)uris, n_uris, (ms_config *)config, out_json, err, err_len);
+}

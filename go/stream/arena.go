@@ -70,6 +70,7 @@ type arena struct {
 	unlimited bool
 	fresh     bool
 	spare     *segment // one released standalone block, kept for reuse
+	largest   int64    // the largest region placed in this arena
 	onWait    func()   // called (under mu) when alloc starts waiting
 }
 
@@ -219,8 +220,8 @@ func (a *arena) close() {
 }
 
 // standalone returns memory outside the ring for n bytes: the spare block
-// when it is large enough, else a new block. Blocks are made at least the
-// ring's size so a spare fits any later region of a capped stream.
+// when it is large enough, else a new block. Blocks are made the size of
+// the largest region so a spare fits any later region of a capped stream.
 func (a *arena) standalone(n int64) (*segment, error) {
 	if sp := a.spare; sp != nil {
 		a.spare = nil
@@ -233,7 +234,7 @@ func (a *arena) standalone(n int64) (*segment, error) {
 	}
 	size := n
 	if !a.fresh {
-		size = max(n, a.capacity)
+		size = max(n, a.largest)
 	}
 	mem, release, err := allocAnon(size)
 	if err != nil {

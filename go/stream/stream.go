@@ -297,6 +297,7 @@ func (s *Stream) planMemory() error {
 		return err
 	}
 	a.unlimited = limit == Unlimited
+	a.largest = biggest
 	a.lent = lent
 	s.arena = a
 	s.st.bytesRequested.Store(0)

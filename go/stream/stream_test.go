@@ -258,3 +258,30 @@ func TestTwoStreamsAtOnce(t *testing.T) {
 	drain(t, sb, b.want, false)
 	drain(t, sa, a.want, false)
 }
+
+func TestReadHeadersReadsNoTensorData(t *testing.T) {
+	cp := writeCheckpoint(t, 31, 3, 20, 1000)
+	files, err := stream.ReadHeaders(context.Background(), stream.DefaultConfig(registry(fs.Auto)), cp.paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i, f := range files {
+		if f.URI != cp.paths[i] || len(f.Tensors) != len(f.Header.Tensors) {
+			t.Fatalf("file %d: %+v", i, f)
+		}
+		for _, tn := range f.Tensors {
+			if int64(len(cp.want[tn.Name])) != tn.Bytes() {
+				t.Fatalf("tensor %s: %d bytes, want %d", tn.Name, tn.Bytes(), len(cp.want[tn.Name]))
+			}
+			n++
+		}
+	}
+	if n != len(cp.want) {
+		t.Fatalf("%d tensors, want %d", n, len(cp.want))
+	}
+	_, err = stream.ReadHeaders(context.Background(), stream.DefaultConfig(registry(fs.Auto)), []string{cp.paths[0] + ".missing"})
+	if !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("missing file: %v", err)
+	}
+}
