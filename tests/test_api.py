@@ -499,8 +499,8 @@ def test_is_distributed_streams_normally(small_checkpoint, caplog):
         s.stream_files([str(p) for p in small_checkpoint], is_distributed=True)
         got = {n: describe(t) for n, t in s.get_tensors()}
     assert got.keys() == ref.keys()
-    assert any("distributed" in r.getMessage() and r.levelno == logging.DEBUG
-               for r in caplog.records)
+    # Not initialised / local files: one line says why it streams normally.
+    assert len([r for r in caplog.records if "distributed streaming off" in r.getMessage()]) == 1
 
 
 # ---------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def test_config_parsing():
     from runai_model_streamer.config import StreamerConfig
 
     c = StreamerConfig.from_env({})
-    assert (c.concurrency, c.memory_limit, c.chunk_bytes, c.read_mode) == (16, -1, 0, "auto")
+    assert (c.concurrency, c.memory_limit, c.chunk_bytes, c.read_mode) == (0, -1, 0, "auto")
     c = StreamerConfig.from_env({
         "RUNAI_STREAMER_CONCURRENCY": " 8 ", "RUNAI_STREAMER_MEMORY_LIMIT": "4000000000",
         "RUNAI_STREAMER_CHUNK_BYTESIZE": "8MiB", "MODEL_STREAMER_READ_MODE": "Direct"})

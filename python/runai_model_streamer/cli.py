@@ -3,6 +3,8 @@
   model-streamer stream PATH... [--concurrency N] [--memory-limit N]
                                 [--read-mode M] [--chunk-bytes N] [--json]
   model-streamer demo [--dir D] [--size-gb G] [--keep] [--cold] [--json]
+  model-streamer ls URI [--recursive] [--json]
+  model-streamer pull URI DIR [--allow PATTERN ...] [--ignore PATTERN ...]
   model-streamer version
 """
 
@@ -30,10 +32,10 @@ from runai_model_streamer.exceptions import RunaiStreamerError
 class Progress:
     """A one-line progress bar, redrawn at most every `interval` seconds."""
 
-    def __init__(self, total: int, out: TextIO = sys.stderr, enabled: bool = True,
+    def __init__(self, total: int, out: Optional[TextIO] = None, enabled: bool = True,
                  interval: float = 0.1, width: int = 30, label: str = "") -> None:
         self.total = max(0, int(total))
-        self.out = out
+        self.out = sys.stderr if out is None else out  # the current one, not the one at import
         self.enabled = enabled
         self.interval = interval
         self.width = width
@@ -43,6 +45,7 @@ class Progress:
         self.start = time.perf_counter()
         self._last = float("-inf")
         self._drawn = False
+        self.unit = "tensors"
 
     def update(self, nbytes: int, count: int = 1) -> None:
         self.done += nbytes
@@ -62,7 +65,7 @@ class Progress:
         elapsed = now - self.start
         rate = self.done / elapsed / 1e9 if elapsed > 0 else 0.0
         line = (f"\r{self.label}[{bar}] {frac * 100:5.1f}%  {self.done / 1e9:.2f}/"
-                f"{self.total / 1e9:.2f} GB  {rate:.2f} GB/s  {self.count} tensors")
+                f"{self.total / 1e9:.2f} GB  {rate:.2f} GB/s  {self.count} {self.unit}")
         self.out.write(line)
         self.out.flush()
         self._drawn = True
@@ -92,7 +95,7 @@ def expand_paths(paths: Sequence[str]) -> List[str]:
 
 
 def stream_paths(paths: Sequence[str], progress: bool = False,
-                 out: TextIO = sys.stderr) -> Dict[str, Any]:
+                 out: Optional[TextIO] = None) -> Dict[str, Any]:
     """Streams the files (settings from the environment) and returns the
     summary: files, tensors, bytes, seconds, gb_per_s, first_tensor_s, stats."""
     from runai_model_streamer.streamer import SafetensorsStreamer
@@ -150,7 +153,8 @@ def format_summary(s: Dict[str, Any]) -> str:
         f"seconds:              {s['seconds']:.3f}",
         f"throughput:           {s['gb_per_s']:.2f} GB/s",
         f"time to first tensor: {s['first_tensor_s'] * 1000:.1f} ms",
-        f"settings:             read mode {s['read_mode']}, concurrency {s['concurrency']}, "
+        f"settings:             read mode {s['read_mode']}, concurrency "
+        f"{s['concurrency'] or 'backend default'}, "
         f"memory limit {s['memory_limit']}",
     ])
 
@@ -287,6 +291,62 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ls(args: argparse.Namespace) -> int:
+    from runai_model_streamer.files import _list_remote, is_object_storage_path, local_path
+
+    uri = args.uri
+    if not is_object_storage_path(uri) and not os.path.isdir(local_path(uri)):
+        raise RunaiStreamerError(f"{uri}: not a directory or an object storage prefix")
+    objects = _list_remote(uri, args.recursive, None)
+    if args.json:
+        print(json.dumps({"objects": [{"uri": u, "size": n} for u, n in objects]}, indent=2))
+        return 0
+    width = max((len(str(n)) for _, n in objects), default=1)
+    for u, n in objects:
+        print(f"{n:>{width}}  {u}")
+    total = sum(n for _, n in objects)
+    print(f"{len(objects)} object(s), {total} bytes ({_human(total)})", file=sys.stderr)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from runai_model_streamer.files import (
+        _settings,
+        download_items,
+        is_object_storage_path,
+        plan_pull,
+        pull_files,
+        uri_scheme,
+    )
+
+    _apply_settings(args)
+    show = _show_progress(args)
+    start = time.perf_counter()
+    if not is_object_storage_path(args.uri):
+        pull_files(args.uri, args.dir, args.allow, args.ignore)
+        print(f"copied {args.uri} to {args.dir} in {time.perf_counter() - start:.2f} s")
+        return 0
+    settings = _settings(None, uri_scheme(args.uri))
+    items = plan_pull(args.uri, args.dir, args.allow, args.ignore, settings=settings)
+    if not items:
+        raise RunaiStreamerError(
+            f"{args.uri}: no objects to download (nothing under this prefix matches the filters)")
+    total = sum(i.size for i in items)
+    bar = Progress(total, out=sys.stderr, enabled=show)
+    bar.unit = f"of {len(items)} files"
+
+    def done(item) -> None:
+        bar.update(item.size)
+
+    download_items(items, args.dir, settings=settings, progress=done)
+    bar.finish()
+    seconds = time.perf_counter() - start
+    rate = total / seconds / 1e9 if seconds > 0 else 0.0
+    print(f"pulled {len(items)} file(s), {total} bytes ({_human(total)}) from {args.uri} "
+          f"to {args.dir} in {seconds:.2f} s ({rate:.2f} GB/s)")
+    return 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     import runai_model_streamer
     from runai_model_streamer import _native
@@ -313,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def settings(p: argparse.ArgumentParser) -> None:
         p.add_argument("--concurrency", type=_positive_int, metavar="N",
-                       help=f"reader threads (sets {CONCURRENCY_ENV}; default 16)")
+                       help=f"reads in flight (sets {CONCURRENCY_ENV}; default: the "
+                            "storage backend's, 16 local, 32 object storage)")
         p.add_argument("--memory-limit", metavar="N",
                        help=f"CPU buffer bytes: -1 whole request, 0 largest tensor "
                             f"(sets {MEMORY_LIMIT_ENV})")
@@ -343,6 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop the files from the page cache before each read")
     settings(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ls", help="list the objects under a prefix (s3://, gs://, az://) or a directory")
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("-r", "--recursive", action="store_true", help="list the whole tree under URI")
+    p.add_argument("--json", action="store_true", help="print JSON: {objects: [{uri, size}]}")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("pull", help="download the files under a prefix into a directory")
+    p.add_argument("uri", metavar="URI", help="s3://, gs:// or az:// prefix (or a local directory)")
+    p.add_argument("dir", metavar="DIR", help="destination directory")
+    p.add_argument("--allow", action="append", metavar="PATTERN",
+                   help="fnmatch pattern of the keys to fetch, relative to URI (repeatable)")
+    p.add_argument("--ignore", action="append", metavar="PATTERN",
+                   help="fnmatch pattern of the keys to skip, relative to URI (repeatable)")
+    p.add_argument("--concurrency", type=_positive_int, metavar="N",
+                   help=f"ranged reads in flight per file (sets {CONCURRENCY_ENV})")
+    p.add_argument("--chunk-bytes", metavar="N",
+                   help=f"bytes per read (sets {CHUNK_BYTESIZE_ENV})")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                   help="show a progress bar on stderr even when it is not a terminal")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="never show the progress bar")
+    p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("version", help="print the package and library versions")
     p.set_defaults(func=cmd_version)

@@ -1,17 +1,26 @@
 """Settings, read from the environment when a stream starts (never at import).
 
-  RUNAI_STREAMER_CONCURRENCY     reader threads (default 16)
+  RUNAI_STREAMER_CONCURRENCY     reads in flight (unset: the storage backend's
+                                 own default: 16 for local files, 32 for
+                                 S3, GCS and Azure)
   RUNAI_STREAMER_MEMORY_LIMIT    -1: whole request (default), 0: the largest
                                  tensor, N: N bytes
-  RUNAI_STREAMER_CHUNK_BYTESIZE  bytes per read (default: the library's)
+  RUNAI_STREAMER_CHUNK_BYTESIZE  bytes per read (unset: the backend's default:
+                                 8 MiB for local files, 16 MiB for S3, GCS
+                                 and Azure)
   MODEL_STREAMER_READ_MODE       auto (default) | buffered | direct | mmap
+
+Storage backend settings (endpoints, credentials, ...) are every variable
+whose name starts with one of SETTING_PREFIXES, read at each call and handed
+to the native library, which never reads the environment itself; see
+backend_settings().
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from runai_model_streamer.exceptions import RunaiStreamerInvalidInputException
 
@@ -20,7 +29,8 @@ MEMORY_LIMIT_ENV = "RUNAI_STREAMER_MEMORY_LIMIT"
 CHUNK_BYTESIZE_ENV = "RUNAI_STREAMER_CHUNK_BYTESIZE"
 READ_MODE_ENV = "MODEL_STREAMER_READ_MODE"
 
-DEFAULT_CONCURRENCY = 16
+# 0 (unset) lets each storage backend use its own tuned default.
+DEFAULT_CONCURRENCY = 0
 DEFAULT_MEMORY_LIMIT = -1
 READ_MODES = {"auto": 0, "buffered": 1, "direct": 2, "mmap": 3}
 
@@ -70,7 +80,7 @@ def parse_int(text: str, name: str) -> int:
 
 @dataclass(frozen=True)
 class StreamerConfig:
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int = DEFAULT_CONCURRENCY  # 0: the backend's default
     memory_limit: int = DEFAULT_MEMORY_LIMIT
     chunk_bytes: int = 0  # 0: the library's default
     read_mode: str = "auto"
@@ -128,20 +138,109 @@ class StreamerConfig:
 SETTING_PREFIXES = ("AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_",
                     "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_")
 
+NO_BOTO3_SESSION_ENV = "RUNAI_STREAMER_NO_BOTO3_SESSION"
+
+# S3Credentials attribute -> the setting it overrides.
+CREDENTIAL_SETTINGS = (
+    ("access_key_id", "AWS_ACCESS_KEY_ID"),
+    ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+    ("session_token", "AWS_SESSION_TOKEN"),
+    ("region_name", "AWS_REGION"),
+    ("endpoint", "AWS_ENDPOINT_URL"),
+)
+
+
+def use_boto3_session(env: Optional[Mapping[str, str]] = None) -> bool:
+    """RUNAI_STREAMER_NO_BOTO3_SESSION unset or "0" (the documented default)."""
+    env = os.environ if env is None else env
+    return env.get(NO_BOTO3_SESSION_ENV, "").strip() in ("", "0")
+
+
+def boto3_settings(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Credentials (and region, CA bundle) as a boto3 session resolves them:
+    {} when boto3 is not installed or finds no credentials.
+
+    The session runs boto3's whole chain (environment, AWS_PROFILE and the
+    shared files, SSO, credential_process, container and instance roles), so
+    the library receives plain, frozen keys. Like every AWS SDK, the chain
+    ends with the EC2 instance metadata service unless
+    AWS_EC2_METADATA_DISABLED=true.
+    """
+    try:
+        import boto3  # noqa: PLC0415 - optional dependency (extra "s3")
+        import botocore.session  # noqa: PLC0415
+    except ImportError:
+        return {}
+    env = os.environ if env is None else env
+    try:
+        core = botocore.session.Session()
+        session = boto3.Session(botocore_session=core)
+        credentials = session.get_credentials()
+        frozen = credentials.get_frozen_credentials() if credentials is not None else None
+        region = session.region_name
+        ca_bundle = core.get_config_variable("ca_bundle")
+    except Exception as e:  # botocore's own errors: bad profile, SSO expired, ...
+        from runai_model_streamer.exceptions import RunaiStreamerPermissionError
+        raise RunaiStreamerPermissionError(
+            f"boto3 could not resolve AWS credentials: {type(e).__name__}: {e} "
+            f"(set {NO_BOTO3_SESSION_ENV}=1 to let the library resolve them itself)"
+        ) from e
+    out: Dict[str, str] = {}
+    if frozen is not None and frozen.access_key and frozen.secret_key:
+        out["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        out["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        # An empty token removes a stale AWS_SESSION_TOKEN (see backend_settings).
+        out["AWS_SESSION_TOKEN"] = frozen.token or ""
+    if region:
+        out["AWS_REGION"] = region
+    if ca_bundle:
+        out["AWS_CA_BUNDLE"] = str(ca_bundle)
+    return out
+
 
 def backend_settings(env: Optional[Mapping[str, str]] = None,
-                     credentials: Any = None) -> List[str]:
-    """"NAME=VALUE" settings for the native library: the backend variables
-    of the environment, then explicit S3Credentials (which win)."""
+                     credentials: Any = None, scheme: Optional[str] = None) -> List[str]:
+    """"NAME=VALUE" settings for the native library, in order of precedence:
+
+    1. explicit S3Credentials (access_key_id -> AWS_ACCESS_KEY_ID,
+       secret_access_key -> AWS_SECRET_ACCESS_KEY, session_token ->
+       AWS_SESSION_TOKEN, region_name -> AWS_REGION, endpoint ->
+       AWS_ENDPOINT_URL);
+    2. for s3:// only, when no explicit keys are given and
+       RUNAI_STREAMER_NO_BOTO3_SESSION is unset or "0": the credentials a
+       boto3 session resolves (if boto3 is installed), plus its region and
+       CA bundle where the environment names none;
+    3. every variable of the environment (read now) whose name starts with
+       one of SETTING_PREFIXES.
+    """
     env = os.environ if env is None else env
-    values = {k: v for k, v in env.items() if k.startswith(SETTING_PREFIXES)}
+    values: Dict[str, str] = {k: v for k, v in env.items() if k.startswith(SETTING_PREFIXES)}
+    explicit = {}
     if credentials is not None:
-        for attr, name in (("access_key_id", "AWS_ACCESS_KEY_ID"),
-                           ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
-                           ("session_token", "AWS_SESSION_TOKEN"),
-                           ("region_name", "AWS_REGION"),
-                           ("endpoint", "AWS_ENDPOINT_URL")):
+        for attr, name in CREDENTIAL_SETTINGS:
             value = getattr(credentials, attr, None)
             if value:
-                values[name] = str(value)
-    return [f"{k}={v}" for k, v in sorted(values.items())]
+                explicit[name] = str(value)
+
+    if scheme == "s3" and "AWS_ACCESS_KEY_ID" not in explicit and use_boto3_session(env):
+        resolved = boto3_settings(env)
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if name in resolved:
+                values[name] = resolved[name]
+        for name in ("AWS_REGION", "AWS_CA_BUNDLE"):
+            if name in resolved and not values.get(name) and not (
+                    name == "AWS_REGION" and values.get("AWS_DEFAULT_REGION")):
+                values[name] = resolved[name]
+
+    if "AWS_ACCESS_KEY_ID" in explicit:
+        # Keys from different sources must not be paired: explicit keys
+        # come with their own token or none.
+        values["AWS_SESSION_TOKEN"] = ""
+    if "AWS_ENDPOINT_URL" in explicit:
+        values.pop("AWS_ENDPOINT_URL_S3", None)  # would win over AWS_ENDPOINT_URL
+    values.update(explicit)
+    return [f"{k}={v}" for k, v in sorted(values.items()) if v != "" or k not in _DROP_EMPTY]
+
+
+# Settings whose empty value means "unset"; left out rather than passed empty.
+_DROP_EMPTY = frozenset({"AWS_SESSION_TOKEN"})

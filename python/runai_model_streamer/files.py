@@ -3,11 +3,12 @@ ObjectStorageModel, S3Credentials."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import fnmatch
 import os
 import re
 import shutil
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from runai_model_streamer.exceptions import (
     RunaiStreamerError,
@@ -112,40 +113,144 @@ def safe_destination(dst: str, rel: str) -> str:
     return target
 
 
-def _settings(credentials: Optional[S3Credentials]) -> List[str]:
+def _settings(credentials: Optional[S3Credentials], scheme: Optional[str] = None) -> List[str]:
     from runai_model_streamer.config import backend_settings
-    return backend_settings(credentials=credentials)
+    return backend_settings(credentials=credentials, scheme=scheme)
 
 
 def _list_remote(uri: str, recursive: bool,
-                 credentials: Optional[S3Credentials]) -> List[Tuple[str, int]]:
+                 credentials: Optional[S3Credentials],
+                 settings: Optional[List[str]] = None) -> List[Tuple[str, int]]:
     """(uri, size) under uri, listed by the native library's backend."""
     from runai_model_streamer import _native
-    return _native.list_objects(uri, recursive, settings=_settings(credentials))
+    if settings is None:
+        settings = _settings(credentials, uri_scheme(uri))
+    return _native.list_objects(uri, recursive, settings=settings)
+
+
+def check_object_key(rel: str, uri: str) -> None:
+    """Refuses an object key (relative to the pulled prefix) that could name
+    a file outside the destination, or one that names no file unambiguously:
+    absolute keys, "." and ".." segments, empty segments ("a//b"),
+    backslashes and NUL bytes."""
+    why = None
+    if rel.startswith("/"):
+        why = "it is absolute"
+    elif "\\" in rel:
+        why = "it contains a backslash"
+    elif "\0" in rel:
+        why = "it contains a NUL byte"
+    else:
+        parts = rel.split("/")
+        if any(p == ".." for p in parts):
+            why = "it has a '..' segment"
+        elif any(p == "." for p in parts):
+            why = "it has a '.' segment"
+        elif any(p == "" for p in parts):
+            why = "it has an empty segment"
+    if why is not None:
+        raise RunaiStreamerInvalidInputException(
+            f"{uri}: refusing to download object key {rel!r}: {why}, so it does not name a "
+            "file inside the destination directory; nothing was downloaded"
+        )
 
 
 def _relative_key(prefix: str, uri: str) -> str:
-    if uri.startswith(prefix):
-        return uri[len(prefix):]
-    return uri.rsplit("/", 1)[-1]
+    if not uri.startswith(prefix):
+        raise RunaiStreamerError(
+            f"{uri}: the listing of {prefix} returned an object outside that prefix"
+        )
+    return uri[len(prefix):]
 
 
-def _pull_remote(model_path: str, dst: str, allow: Optional[List[str]],
-                 ignore: Optional[List[str]], credentials: Optional[S3Credentials]) -> None:
-    from runai_model_streamer import _native
+# Files downloaded at once by pull_files (each one with parallel ranged reads).
+PULL_WORKERS = 8
 
+
+class PullItem:
+    """One object pull_files copies: its URI, size, key relative to the
+    prefix and local destination."""
+
+    __slots__ = ("uri", "size", "rel", "path")
+
+    def __init__(self, uri: str, size: int, rel: str, path: str) -> None:
+        self.uri, self.size, self.rel, self.path = uri, size, rel, path
+
+    def __repr__(self) -> str:
+        return f"PullItem({self.uri!r}, {self.size}, {self.path!r})"
+
+
+def plan_pull(model_path: str, dst: str, allow_pattern: Union[None, str, Sequence[str]] = None,
+              ignore_pattern: Union[None, str, Sequence[str]] = None,
+              s3_credentials: Optional[S3Credentials] = None,
+              settings: Optional[List[str]] = None) -> List[PullItem]:
+    """What pull_files would download from an object storage prefix: the
+    objects listed recursively under model_path that pass the filters, each
+    with its checked destination under dst. Raises before anything is
+    written if a selected key could land outside dst."""
+    model_path = os.fspath(model_path)
+    dst = os.fspath(dst)
+    allow = _as_patterns(allow_pattern)
+    ignore = _as_patterns(ignore_pattern)
     prefix = model_path if model_path.endswith("/") else model_path + "/"
-    settings = _settings(credentials)
-    objects = _native.list_objects(prefix, True, settings=settings)
-    os.makedirs(dst, exist_ok=True)
-    for uri, _size in objects:
+    objects = _list_remote(prefix, True, s3_credentials, settings)
+    items = []
+    for uri, size in objects:
         rel = _relative_key(prefix, uri)
         if not rel or rel.endswith("/"):
             continue  # the prefix itself, or a "directory" marker
         if not _matches(rel, allow, ignore):
             continue
-        target = safe_destination(dst, rel)
-        _native.download(uri, target, settings=settings)
+        check_object_key(rel, uri)
+        items.append(PullItem(uri, int(size), rel, safe_destination(dst, rel)))
+    return items
+
+
+def download_items(items: Sequence[PullItem], dst: str,
+                   s3_credentials: Optional[S3Credentials] = None,
+                   settings: Optional[List[str]] = None,
+                   progress: Optional[Callable[[PullItem], None]] = None,
+                   workers: int = PULL_WORKERS) -> None:
+    """Downloads items (from plan_pull) in parallel. Each file is written
+    under a temporary name and renamed into place when complete. The first
+    failure stops the downloads not yet started and is raised."""
+    from runai_model_streamer import _native
+    from runai_model_streamer.config import StreamerConfig
+
+    if not items:
+        return
+    config = StreamerConfig.from_env()
+    if settings is None:
+        settings = _settings(s3_credentials, uri_scheme(items[0].uri))
+    os.makedirs(dst, exist_ok=True)
+
+    def fetch(item: PullItem) -> PullItem:
+        _native.download(item.uri, item.path, concurrency=config.concurrency,
+                         chunk_bytes=config.chunk_bytes, settings=settings)
+        return item
+
+    pool = concurrent.futures.ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(items))), thread_name_prefix="model-streamer-pull")
+    futures: list = []
+    try:
+        futures = [pool.submit(fetch, item) for item in items]
+        for future in concurrent.futures.as_completed(futures):
+            item = future.result()  # the first failure propagates
+            if progress is not None:
+                progress(item)
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _pull_remote(model_path: str, dst: str, allow: Optional[List[str]],
+                 ignore: Optional[List[str]], credentials: Optional[S3Credentials]) -> None:
+    settings = _settings(credentials, uri_scheme(model_path))
+    items = plan_pull(model_path, dst, allow, ignore, credentials, settings)
+    download_items(items, dst, credentials, settings)
 
 
 def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) -> List[str]:

@@ -146,6 +146,7 @@ class SafetensorsStreamer:
         self._device = torch.device("cpu")
         self._last_stats: Optional[Dict[str, int]] = None
         self._iterators: "weakref.WeakSet[_IterState]" = weakref.WeakSet()
+        self._dist: Any = None  # a distributed.DistributedStream (is_distributed)
 
     # -- context manager -------------------------------------------------
     def __enter__(self) -> "SafetensorsStreamer":
@@ -209,7 +210,9 @@ class SafetensorsStreamer:
 
         Settings come from the environment at this call: RUNAI_STREAMER_CONCURRENCY,
         RUNAI_STREAMER_MEMORY_LIMIT, RUNAI_STREAMER_CHUNK_BYTESIZE,
-        MODEL_STREAMER_READ_MODE.
+        MODEL_STREAMER_READ_MODE, and the storage backends' variables (AWS_*,
+        AZURE_*, ...; see config.backend_settings), which ``s3_credentials``
+        overrides.
         """
         names = _check_tensor_names(tensor_names)
         path_list = _normalize_paths(paths)
@@ -234,11 +237,6 @@ class SafetensorsStreamer:
         self._device = dev
         self._requested = False
 
-        if is_distributed:
-            logger.debug(
-                "[model-streamer] is_distributed=True: distributed streaming is not available "
-                "yet; every process reads its files itself"
-            )
         if s3_credentials is not None and scheme == "file":
             logger.debug("[model-streamer] s3_credentials ignored for local paths")
 
@@ -247,15 +245,23 @@ class SafetensorsStreamer:
             self._requested = True
             return
 
-        stream = _native.Stream(
-            path_list,
-            names,
-            concurrency=config.concurrency,
-            memory_limit=config.memory_limit,
-            chunk_bytes=config.chunk_bytes,
-            read_mode=config.read_mode_code,
-            settings=backend_settings(credentials=s3_credentials),
-        )
+        settings = backend_settings(credentials=s3_credentials, scheme=scheme)
+
+        def open_native(subset: Optional[List[str]]) -> _native.Stream:
+            return _native.Stream(
+                path_list,
+                subset,
+                concurrency=config.concurrency,
+                memory_limit=config.memory_limit,
+                chunk_bytes=config.chunk_bytes,
+                read_mode=config.read_mode_code,
+                settings=settings,
+            )
+
+        if is_distributed and self._open_distributed(
+                path_list, names, dev, scheme, config, settings, open_native):
+            return
+        stream = open_native(names)
         try:
             self._load_metadata(stream, path_list, names)
         except BaseException:
@@ -273,9 +279,38 @@ class SafetensorsStreamer:
             config.memory_limit, config.read_mode,
         )
 
-    def _load_metadata(self, stream: _native.Stream, paths: List[str],
-                       names: Optional[List[str]]) -> None:
-        meta = stream.metadata()
+    def _open_distributed(self, paths: List[str], names: Optional[List[str]],
+                          dev: torch.device, scheme: str, config: StreamerConfig,
+                          settings: List[str], open_native: Any) -> bool:
+        """is_distributed=True: sets up distributed streaming (see
+        distributed.py); False when this request falls back to plain streaming."""
+        from runai_model_streamer import distributed
+
+        def validate(meta: Dict[str, Any]) -> Dict[int, List[SafetensorMetadata]]:
+            self._load_metadata(None, paths, names, meta=meta)
+            return self.files_to_tensors_metadata
+
+        try:
+            dstream = distributed.open_stream(
+                paths, names, dev, scheme, config, settings, open_native=open_native,
+                validate=validate, wrap=self._wrap, owned=self._owned)
+        except BaseException:
+            self.files_to_tensors_metadata = {}
+            self.total_size = 0
+            raise
+        if dstream is None:
+            self.files_to_tensors_metadata = {}
+            self.total_size = 0
+            return False
+        self._dist = dstream
+        self._stream = dstream.stream  # this process's share: stats() are its reads
+        self._requested = True
+        return True
+
+    def _load_metadata(self, stream: Optional[_native.Stream], paths: List[str],
+                       names: Optional[List[str]], meta: Optional[Dict[str, Any]] = None) -> None:
+        if meta is None:
+            meta = stream.metadata()
         files = meta.get("files", [])
         if len(files) != len(paths):
             raise RunaiStreamerError(
@@ -327,8 +362,22 @@ class SafetensorsStreamer:
             raise RunaiStreamerError(
                 "get_tensors() called before stream_file() / stream_files()"
             )
+        if self._dist is not None:
+            return self._iterate_distributed(self._dist)
         return self._iterate(self._stream, self.files_to_tensors_metadata,
                              self._owned, self._device)
+
+    def _iterate_distributed(self, dstream: Any) -> Iterator[Tuple[str, torch.Tensor]]:
+        tensors = dstream.tensors()
+        try:
+            for item in tensors:
+                if self.first_tensor_time is None:
+                    self.first_tensor_time = timer()
+                yield item
+        finally:
+            tensors.close()
+        if dstream._state == "done":
+            self._log_throughput()
 
     def _iterate(self, stream: Optional[_native.Stream],
                  metas: Dict[int, List[SafetensorMetadata]], owned: bool,
@@ -338,6 +387,13 @@ class SafetensorsStreamer:
         pending = state.pending
         if stream is not None:
             self._iterators.add(state)
+            if device.type == "cuda":
+                from runai_model_streamer.device import HostToDevice
+
+                # Copies on a side stream from the pinned ring; a tensor's
+                # host memory returns once its copy is done.
+                state.copier = HostToDevice(device, stream)
+        copier = state.copier
         completed = False
         try:
             if stream is None:
@@ -370,7 +426,10 @@ class SafetensorsStreamer:
                         f"(file {file_index}, tensor {tensor_index})"
                     ) from None
                 tensor, zero_copy = self._wrap(meta, addr, nbytes, token)
-                if to_device:
+                if copier is not None:
+                    tensor = copier.copy(tensor, token if zero_copy else None)
+                    zero_copy = False  # the copier releases the token
+                elif to_device:
                     tensor = tensor.to(device)
                     if not owned and zero_copy:
                         # The copy to the device is done; the host bytes are free.
@@ -454,6 +513,7 @@ class SafetensorsStreamer:
         for state in list(self._iterators):
             state.release_all()
         self._iterators.clear()
+        dstream, self._dist = self._dist, None
         stream = self._stream
         if stream is None:
             return
@@ -465,6 +525,8 @@ class SafetensorsStreamer:
                 except Exception:
                     pass
         finally:
+            if dstream is not None:
+                dstream.close()  # leaves the group's exchange; unpins; closes the stream
             stream.close()
 
 
@@ -472,11 +534,12 @@ class _IterState:
     """What one get_tensors() iterator holds: tokens fetched but not yet
     yielded, and (owned=False) the token of the tensor yielded last."""
 
-    __slots__ = ("pending", "held", "__weakref__")
+    __slots__ = ("pending", "held", "copier", "__weakref__")
 
     def __init__(self) -> None:
         self.pending: deque = deque()
         self.held: Optional[int] = None
+        self.copier: Any = None  # device.HostToDevice for CUDA devices
 
     def release_held(self) -> None:
         held, self.held = self.held, None
@@ -485,6 +548,9 @@ class _IterState:
 
     def release_all(self) -> None:
         self.release_held()
+        copier, self.copier = self.copier, None
+        if copier is not None:
+            copier.close()  # unpins the ring before the stream can free it
         pending = self.pending
         while True:
             try:

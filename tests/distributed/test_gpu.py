@@ -1,0 +1,95 @@
+"""GPU delivery and distributed streaming over NCCL. Skipped without CUDA
+(NCCL tests: without two GPUs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import assert_matches, call_with_timeout, describe, reference_all
+
+from .conftest import (
+    BUFFERED,
+    assert_every_tensor,
+    assert_read_once,
+    expected_digests,
+    launch,
+    tensor_bytes_total,
+)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                              reason="needs two CUDA devices")
+
+
+def _stream_to_cuda(paths, *, owned, set_env, memory_limit=None):
+    from runai_model_streamer import SafetensorsStreamer
+
+    set_env(MODEL_STREAMER_READ_MODE="buffered", RUNAI_STREAMER_MEMORY_LIMIT=memory_limit)
+    expected = reference_all(paths)
+
+    def run():
+        seen = {}
+        pinned = 0
+        kept = {}
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_files([str(p) for p in paths], device="cuda:0", owned=owned)
+            for name, tensor in streamer.get_tensors():
+                assert tensor.device == torch.device("cuda", 0)
+                assert_matches(name, describe(tensor.cpu()), expected[name])
+                seen[name] = True
+                kept[name] = tensor
+                for state in streamer._iterators:
+                    if state.copier is not None:
+                        pinned = state.copier.pinned_copies
+        assert set(seen) == set(expected)
+        for name, tensor in kept.items():  # device tensors are always the caller's
+            assert_matches(name, describe(tensor.cpu()), expected[name])
+        return pinned
+
+    return call_with_timeout(run, 120)
+
+
+@cuda
+@pytest.mark.parametrize("owned", [True, False])
+def test_cuda_delivery_matches(checkpoints, set_env, owned):
+    _stream_to_cuda(checkpoints["mixed"], owned=owned, set_env=set_env)
+
+
+@cuda
+def test_cuda_delivery_copies_from_the_pinned_ring(checkpoints, set_env):
+    from runai_model_streamer import _native
+
+    if _native._function(_native.load()[1], "ms_stream_arena") is None:
+        pytest.skip("this library has no ms_stream_arena")
+    pinned = _stream_to_cuda(checkpoints["many"], owned=True, set_env=set_env,
+                             memory_limit=1 << 20)
+    assert pinned > 0
+
+
+@cuda
+def test_cuda_delivery_single_huge_tensor(checkpoints, set_env):
+    _stream_to_cuda(checkpoints["huge"], owned=True, set_env=set_env, memory_limit=0)
+
+
+@two_gpus
+def test_nccl_two_processes(checkpoints, tmp_path):
+    mixed = [str(p) for p in checkpoints["mixed"]]
+    many = [str(p) for p in checkpoints["many"]]
+    on = dict(BUFFERED, RUNAI_STREAMER_DIST="1", RUNAI_STREAMER_DIST_TIMEOUT="60")
+    scenarios = [
+        {"name": "owned", "paths": mixed, "device": "cuda:{rank}", "env": on},
+        {"name": "views_rounds", "paths": many, "device": "cuda:{rank}", "owned": False,
+         "env": dict(on, RUNAI_STREAMER_MEMORY_LIMIT="0",
+                     RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE="64KiB")},
+        {"name": "huge", "paths": [str(p) for p in checkpoints["huge"]], "device": "cuda:{rank}",
+         "env": on},
+    ]
+    run = launch(tmp_path, 2, scenarios, backend="nccl", deadline=240)
+    for name, key in (("owned", "mixed"), ("views_rounds", "many"), ("huge", "huge")):
+        results = run.of(name)
+        assert_every_tensor(results, expected_digests(checkpoints[key]))
+        assert all(r["distributed"] for r in results.values())
+        assert_read_once(results, tensor_bytes_total(checkpoints[key]), [[0, 1]])
+        for rank, r in results.items():
+            assert set(r["devices"]) == {f"cuda:{rank}"}

@@ -1,0 +1,359 @@
+"""In-process tests of the pieces of distributed streaming and GPU delivery
+that need neither a process group nor a GPU: settings, the decision to
+distribute, the partition, header reading, the copier's bookkeeping."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from runai_model_streamer import _native, device as device_mod, distributed
+from runai_model_streamer.distributed import (
+    DistSettings,
+    backend_for,
+    can_broadcast,
+    fallback_reason,
+    partition,
+    slot_layout,
+)
+from runai_model_streamer.exceptions import RunaiStreamerInvalidInputException
+
+from conftest import make_random_checkpoint
+
+
+# ---------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------
+
+def test_settings_defaults():
+    s = DistSettings.from_env({})
+    assert (s.mode, s.global_mode, s.timeout_s, s.node) == ("auto", False, 600.0, None)
+    assert s.buffer_min == 32 << 20
+
+
+def test_settings_values():
+    s = DistSettings.from_env({"RUNAI_STREAMER_DIST": "1", "RUNAI_STREAMER_DIST_GLOBAL": "1",
+                               "RUNAI_STREAMER_DIST_TIMEOUT": "2.5",
+                               "RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE": "1MiB",
+                               "RUNAI_STREAMER_DIST_NODE": "n1"})
+    assert (s.mode, s.global_mode, s.timeout_s, s.buffer_min, s.node) == ("on", True, 2.5,
+                                                                          1 << 20, "n1")
+    assert DistSettings.from_env({"RUNAI_STREAMER_DIST": "0"}).mode == "off"
+
+
+@pytest.mark.parametrize("env", [
+    {"RUNAI_STREAMER_DIST": "yes"},
+    {"RUNAI_STREAMER_DIST_GLOBAL": "2"},
+    {"RUNAI_STREAMER_DIST_TIMEOUT": "0"},
+    {"RUNAI_STREAMER_DIST_TIMEOUT": "soon"},
+    {"RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE": "0"},
+])
+def test_settings_rejected(env):
+    with pytest.raises(RunaiStreamerInvalidInputException):
+        DistSettings.from_env(env)
+
+
+# ---------------------------------------------------------------------------
+# The decision
+# ---------------------------------------------------------------------------
+
+def test_backend_mapping():
+    assert backend_for("cpu", "gloo") == "gloo"
+    assert backend_for("cuda", "NCCL") == "nccl"
+    assert backend_for("cuda", "cpu:gloo,cuda:nccl") == "nccl"
+    assert backend_for("cpu", "cpu:gloo,cuda:nccl") == "gloo"
+    assert backend_for("cpu", "cuda:nccl") is None
+    assert can_broadcast("gloo", "cpu") and can_broadcast("nccl", "cuda")
+    assert not can_broadcast("nccl", "cpu")
+    assert not can_broadcast("gloo", "cuda")
+    assert not can_broadcast("weird", "cpu") and not can_broadcast(None, "cpu")
+
+
+class _FakeDist:
+    def __init__(self, backend="gloo", world=2, initialized=True):
+        self.backend, self.world, self.initialized = backend, world, initialized
+
+    def is_available(self):
+        return True
+
+    def is_initialized(self):
+        return self.initialized
+
+    def get_world_size(self):
+        return self.world
+
+    def get_backend(self):
+        return self.backend
+
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("mode,scheme,dev,fake,reader,why", [
+    ("off", "s3", CUDA, _FakeDist("nccl"), True, "RUNAI_STREAMER_DIST=0"),
+    ("auto", "file", CUDA, _FakeDist("nccl"), True, "on by default only for object storage"),
+    ("auto", "s3", CPU, _FakeDist("gloo"), True, "not for cpu tensors"),
+    ("on", "file", CPU, _FakeDist(initialized=False), True, "not initialised"),
+    ("on", "file", CPU, _FakeDist(world=1), True, "the world has one process"),
+    ("on", "file", CPU, _FakeDist("nccl"), True, "cannot broadcast cpu tensors"),
+    ("on", "file", CUDA, _FakeDist("gloo"), True, "cannot broadcast cuda tensors"),
+    ("on", "file", torch.device("meta"), _FakeDist(), True, "not supported"),
+    ("auto", "s3", CUDA, _FakeDist("nccl"), False, "no ms_read_headers"),
+    # distributed:
+    ("on", "file", CPU, _FakeDist("gloo"), False, None),
+    ("on", "file", CPU, _FakeDist("cpu:gloo,cuda:nccl"), False, None),
+    ("auto", "s3", CUDA, _FakeDist("nccl"), True, None),
+    ("auto", "gs", CUDA, _FakeDist("cpu:gloo,cuda:nccl"), True, None),
+])
+def test_fallback_reason(monkeypatch, mode, scheme, dev, fake, reader, why):
+    monkeypatch.setattr(distributed, "dist", fake)
+    monkeypatch.setattr(distributed, "_has_header_reader", lambda: reader)
+    reason = fallback_reason(scheme, dev, DistSettings(mode=mode))
+    if why is None:
+        assert reason is None
+    else:
+        assert reason is not None and why in reason, reason
+
+
+# ---------------------------------------------------------------------------
+# The partition
+# ---------------------------------------------------------------------------
+
+def _spans(sizes_per_file):
+    spans = []
+    for fi, sizes in enumerate(sizes_per_file):
+        pos = 0
+        for nb in sizes:
+            spans.append((fi, pos, pos + nb))
+            pos += nb
+    return spans
+
+
+def test_partition_balances_and_is_deterministic():
+    rng = random.Random(3)
+    files = [[rng.choice([0, 1, 10, 1000, 50_000, 300_000]) for _ in range(200)] for _ in range(5)]
+    spans = _spans(files)
+    for n in (2, 3, 4, 8):
+        owners = partition(spans, n)
+        assert owners == partition(spans, n)
+        loads = [0] * n
+        for (fi, b, e), r in zip(spans, owners):
+            if e == b:
+                assert r == -1
+            else:
+                assert 0 <= r < n
+                loads[r] += e - b
+        total = sum(loads)
+        target = distributed.block_target(total, n)
+        # Greedy largest-first: no rank exceeds the mean by more than a block.
+        assert max(loads) <= total / n + max(target, 300_000), (n, loads)
+
+
+def test_partition_keeps_runs_contiguous():
+    spans = _spans([[1000] * 64])
+    owners = partition(spans, 2, target=16_000)
+    # Blocks of 16 tensors: owners change only at block edges.
+    changes = [i for i in range(1, len(owners)) if owners[i] != owners[i - 1]]
+    assert all(i % 16 == 0 for i in changes), changes
+    assert sorted(set(owners)) == [0, 1]
+
+
+def test_partition_more_ranks_than_tensors_and_one_huge():
+    assert sorted(partition(_spans([[5, 7, 9]]), 8, target=1)) == [0, 1, 2]
+    assert partition(_spans([[1 << 26]]), 4) == [0]
+    assert partition(_spans([[0, 0]]), 2) == [-1, -1]
+    assert partition([], 3) == []
+
+
+def test_slot_layout_aligns_every_tensor():
+    offsets, total = slot_layout([3, 64, 1, 0, 100])
+    assert offsets == [0, 64, 128, 192, 192]
+    assert total == 292
+    assert slot_layout([]) == ([], 0)
+
+
+# ---------------------------------------------------------------------------
+# Headers
+# ---------------------------------------------------------------------------
+
+def test_python_headers_match_the_library(tmp_path):
+    paths = [str(p) for p in make_random_checkpoint(tmp_path, 11, "raw", max_files=3)]
+    ours = {"files": [distributed._parse_local_header(p) for p in paths]}
+    stream = _native.Stream(paths, None, read_mode=1)
+    try:
+        theirs = stream.metadata()
+    finally:
+        stream.close()
+    for a, b in zip(ours["files"], theirs["files"]):
+        assert a["data_offset"] == b["data_offset"] and a["size"] == b["size"]
+        assert a["tensors"] == b["tensors"]
+
+
+def test_header_errors(tmp_path):
+    from runai_model_streamer.exceptions import (
+        RunaiStreamerFileNotFoundError,
+    )
+
+    with pytest.raises(RunaiStreamerFileNotFoundError):
+        distributed._parse_local_header(str(tmp_path / "missing.safetensors"))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(RunaiStreamerInvalidInputException):
+        distributed._parse_local_header(str(bad))
+
+
+def test_select_tensors():
+    meta = {"files": [{"uri": "a", "tensors": [{"name": "x"}, {"name": "y"}]},
+                      {"uri": "b", "tensors": [{"name": "z"}]}]}
+    assert distributed.select_tensors(meta, None) is meta
+    got = distributed.select_tensors(meta, ["y", "z"])
+    assert [[t["name"] for t in f["tensors"]] for f in got["files"]] == [["y"], ["z"]]
+
+
+def test_remote_error_keeps_the_class():
+    from runai_model_streamer.exceptions import RunaiStreamerFileNotFoundError
+
+    idx = distributed._error_class_index(RunaiStreamerFileNotFoundError("gone"))
+    err = distributed._remote_error(idx, "rank 3 failed: gone")
+    assert isinstance(err, RunaiStreamerFileNotFoundError)
+    assert isinstance(err, FileNotFoundError)
+    assert isinstance(err, distributed.RunaiStreamerDistributedError)
+    plain = distributed._remote_error(distributed._error_class_index(ValueError("x")), "m")
+    assert type(plain) is distributed.RunaiStreamerDistributedError
+
+
+# ---------------------------------------------------------------------------
+# GPU delivery: the library's ring and the copier's bookkeeping (no GPU)
+# ---------------------------------------------------------------------------
+
+def test_native_arena_covers_the_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "a.safetensors"
+    save_file({f"t{i}": torch.full((1024,), float(i)) for i in range(8)}, str(path))
+    stream = _native.Stream([str(path)], None, memory_limit=0, read_mode=1)
+    try:
+        arena = device_mod.native_arena(stream)
+        if arena is None:
+            pytest.skip("this library has no ms_stream_arena")
+        base, length = arena
+        assert base % 4096 == 0 and length >= 4096
+        batch = stream.next_batch()
+        for _, _, addr, nbytes, token in batch:
+            assert base <= addr and addr + nbytes <= base + length
+            _native.release(token)
+    finally:
+        stream.close()
+    assert device_mod.native_arena(stream) is None  # closed
+
+
+class _Event:
+    def __init__(self, log):
+        self.done = False
+        self.log = log
+
+    def record(self, stream):
+        self.log.append("record")
+
+    def query(self):
+        return self.done
+
+
+class _Stream:
+    def __init__(self, log):
+        self.log = log
+
+    def wait_stream(self, other):
+        self.log.append("side waits current")
+
+    def wait_event(self, event):
+        self.log.append("current waits event")
+
+    def synchronize(self):
+        self.log.append("synchronize")
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+class _FakeCopier(device_mod.HostToDevice):
+    """HostToDevice with its CUDA calls replaced: copies on the CPU, events
+    completed by the test."""
+
+    def __init__(self, log):
+        self.log = log
+        self.events = []
+        super().__init__(torch.device("cuda", 0), None, pin=False)
+
+    def _new_stream(self):
+        return _Stream(self.log)
+
+    def _current_stream(self):
+        return _Stream(self.log)
+
+    def _new_event(self):
+        e = _Event(self.log)
+        self.events.append(e)
+        return e
+
+    def _use_stream(self, stream):
+        return _Null()
+
+
+def test_copier_releases_a_token_only_after_its_copy(monkeypatch):
+    released = []
+    monkeypatch.setattr(_native, "release", lambda token: released.append(token))
+    log = []
+    copier = _FakeCopier(log)
+    outs = [torch.empty(4) for _ in range(3)]
+    for i in range(3):
+        copier.copy(torch.full((4,), float(i)), token=100 + i, out=outs[i])
+    assert released == []  # no copy has finished
+    assert [o[0].item() for o in outs] == [0.0, 1.0, 2.0]
+    copier.events[0].done = True
+    copier.poll()
+    assert released == [100]
+    copier.events[2].done = True  # in order: 101 is not done yet
+    copier.poll()
+    assert released == [100]
+    copier.events[1].done = True
+    copier.poll()
+    assert released == [100, 101, 102]
+    assert log.count("current waits event") == 3
+
+
+def test_copier_close_unpins_before_releasing(monkeypatch):
+    order = []
+    monkeypatch.setattr(_native, "release", lambda token: order.append(("release", token)))
+    copier = _FakeCopier([])
+
+    class _Pin:
+        def close(self):
+            order.append(("unpin",))
+
+        def contains(self, addr, n):
+            return False
+
+    copier.pinned = _Pin()
+    copier.copy(torch.ones(2), token=7, out=torch.empty(2))
+    copier.close()
+    assert order == [("unpin",), ("release", 7)]
+    copier.close()  # idempotent
+    assert order == [("unpin",), ("release", 7)]
+
+
+def test_pin_limit_setting(monkeypatch):
+    monkeypatch.delenv(device_mod.PIN_MAX_ENV, raising=False)
+    assert device_mod.pin_max_bytes() == 16 << 30
+    monkeypatch.setenv(device_mod.PIN_MAX_ENV, "0")
+    assert device_mod.pin_max_bytes() == 0
+    monkeypatch.setenv(device_mod.PIN_MAX_ENV, "-5")
+    with pytest.raises(RunaiStreamerInvalidInputException):
+        device_mod.pin_max_bytes()
