@@ -73,30 +73,8 @@ LOADERS = {
 }
 
 
-def log(*a):
-    print(*a, flush=True)
-
-
-def parse_bytes(s):
-    s = s.strip().lower()
-    mult = 1
-    for suf, m in (("gib", GiB), ("mib", MiB), ("kib", KiB), ("g", GiB), ("m", MiB), ("k", KiB)):
-        if s.endswith(suf):
-            s, mult = s[: -len(suf)], m
-            break
-    return int(float(s) * mult)
-
-
-def fmt_bytes(n):
-    if n is None:
-        return "-"
-    n = int(n)
-    if n < 0:
-        return "-" + fmt_bytes(-n)
-    for unit, m in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= m:
-            return f"{n / m:.2f} {unit}"
-    return f"{n} B"
+# Shared with the local-file benchmark (run.py sits beside this file).
+from run import fmt_bytes, log, parse_bytes  # noqa: E402
 
 
 # --------------------------------------------------------------------------
