@@ -493,7 +493,7 @@ func isHead(r *http.Request) bool { return r.Method == http.MethodHead }
 
 func TestFaults(t *testing.T) {
 	const size = 4 << 20
-	fe := newFaultEnv(t, size, storage.Settings{SettingStallTimeoutMS: "400"})
+	fe := newFaultEnv(t, size, storage.Settings{SettingStallTimeoutMS: "1500"})
 	az := uriIn(fe.c)
 	ctx := context.Background()
 	policy := storage.RetryPolicy{MaxRetries: 5, BaseDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond}
@@ -565,9 +565,9 @@ func TestFaults(t *testing.T) {
 		start := time.Now()
 		n, err := fe.obj.ReadAt(ctx, buf, 0)
 		d := time.Since(start)
-		wantErr(t, err, storage.Unavailable, "no data for 400ms", SettingStallTimeoutMS)
-		if d > 3*time.Second {
-			t.Errorf("stall detected after %v, want about 400ms", d)
+		wantErr(t, err, storage.Unavailable, "no data for 1.5s", SettingStallTimeoutMS)
+		if d > 6*time.Second {
+			t.Errorf("stall detected after %v, want about 1.5s", d)
 		}
 		if n != after {
 			t.Errorf("n=%d, want %d", n, after)
@@ -583,8 +583,8 @@ func TestFaults(t *testing.T) {
 		fe.proxy.Set(faultproxy.Fault{Latency: 5 * time.Second})
 		start = time.Now()
 		_, err = fe.obj.ReadAt(ctx, buf, 0)
-		wantErr(t, err, storage.Unavailable, "no data for 400ms after 0 of")
-		if d := time.Since(start); d > 3*time.Second {
+		wantErr(t, err, storage.Unavailable, "no data for 1.5s after 0 of")
+		if d := time.Since(start); d > 6*time.Second {
 			t.Errorf("stall before headers detected after %v", d)
 		}
 	})
