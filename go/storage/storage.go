@@ -278,3 +278,22 @@ func (r *Registry) Tuning(uri string) (concurrency int, chunkBytes int64, ok boo
 	}
 	return 0, 0, false
 }
+
+// CodeForHTTPStatus maps an HTTP error status to a Code the way every
+// HTTP-based backend does: 404 not found, 401/403 permission denied, 408,
+// 429 and 5xx transient, any other 4xx invalid argument. Other statuses are
+// not errors a server should send, and come back as Internal; backends
+// handle their own special cases (service error codes, 410, 412) first.
+func CodeForHTTPStatus(status int) Code {
+	switch {
+	case status == 404:
+		return NotFound
+	case status == 401, status == 403:
+		return PermissionDenied
+	case status == 408, status == 429, status >= 500:
+		return Unavailable
+	case status >= 400:
+		return InvalidArgument
+	}
+	return Internal
+}

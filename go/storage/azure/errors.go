@@ -80,19 +80,10 @@ func classify(op, uri string, off, n int64, ctx context.Context, err error) erro
 }
 
 func codeForStatus(status int, op string) storage.Code {
-	switch {
-	case status == http.StatusNotFound:
-		return storage.NotFound
-	case status == http.StatusPreconditionFailed && op == "read":
+	if status == http.StatusPreconditionFailed && op == "read" {
 		return storage.NotFound // the version that was opened is gone
-	case status == http.StatusUnauthorized, status == http.StatusForbidden:
-		return storage.PermissionDenied
-	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests, status >= 500:
-		return storage.Unavailable
-	case status >= 400:
-		return storage.InvalidArgument
 	}
-	return storage.Internal // an unexpected 1xx, 2xx or 3xx
+	return storage.CodeForHTTPStatus(status) // Internal for an unexpected 1xx, 2xx or 3xx
 }
 
 // codeForNetError classifies a failure without an HTTP response.

@@ -104,17 +104,10 @@ func classify(ctx context.Context, op, uri string, off, n int64, err error) *sto
 
 // codeOfStatus maps an HTTP status to a storage.Code.
 func codeOfStatus(status int) storage.Code {
-	switch {
-	case status == http.StatusUnauthorized, status == http.StatusForbidden:
-		return storage.PermissionDenied
-	case status == http.StatusNotFound, status == http.StatusGone:
+	if status == http.StatusGone {
 		return storage.NotFound
-	case status == http.StatusRequestTimeout, status == http.StatusTooManyRequests, status >= 500:
-		return storage.Unavailable
-	case status >= 400:
-		return storage.InvalidArgument
 	}
-	return storage.Internal
+	return storage.CodeForHTTPStatus(status)
 }
 
 // transient reports connection-level failures worth retrying.

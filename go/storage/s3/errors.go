@@ -159,16 +159,12 @@ func classify(status int, code string) storage.Code {
 		return storage.InvalidArgument
 	}
 	switch {
-	case status == 404:
-		return storage.NotFound
-	case status == 401 || status == 403:
-		return storage.PermissionDenied
-	case status == 408 || status == 429 || status >= 500:
-		return storage.Unavailable
-	case status >= 300:
-		return storage.InvalidArgument
+	case status < 300:
+		return storage.Unavailable // no error status: a broken exchange
+	case status < 400:
+		return storage.InvalidArgument // a redirect the SDK did not follow
 	}
-	return storage.Unavailable
+	return storage.CodeForHTTPStatus(status)
 }
 
 // retryAfter parses a Retry-After header: delay seconds or an HTTP date.
