@@ -35,7 +35,7 @@ func parseConfig(config *cConfig) (request, error) {
 	r.memoryLimit = int64(config.memory_limit)
 	r.chunkBytes = int64(config.chunk_bytes)
 	r.mode = fs.Mode(config.read_mode)
-	if r.mode < fs.Auto || r.mode > fs.Mmap {
+	if r.mode < fs.Auto || r.mode > fs.AutoRead {
 		return r, fmt.Errorf("unknown read mode %d", config.read_mode)
 	}
 	if r.memoryLimit < -1 {

@@ -51,6 +51,9 @@ extern "C" {
 #define MS_READ_BUFFERED 1 /* pread through the page cache */
 #define MS_READ_DIRECT 2   /* O_DIRECT, falling back to pread where unsupported */
 #define MS_READ_MMAP 3     /* zero-copy private mapping (memory limit -1 only) */
+#define MS_READ_AUTO_READ 4 /* per file: pread when cached, O_DIRECT when not;
+                             * never maps, so every byte lands in the arena
+                             * (for consumers that pin it and copy on) */
 
 typedef struct {
     int32_t concurrency;  /* reads in flight; <= 0: the backend's default */
@@ -113,7 +116,10 @@ int ms_stream_metadata(int64_t handle, char *buf, size_t buf_len,
 /* Waits up to timeout_ms (< 0: forever) for tensors and copies up to max
  * of them into out, setting *n. Returns MS_OK with *n > 0, MS_ERR_TIMEOUT
  * with *n == 0, MS_ERR_END once every tensor has been delivered, or the
- * error that stopped the stream. */
+ * error that stopped the stream. Waiting while every buffer is held by
+ * unreleased tokens lets the readers go on in memory outside the buffer
+ * (never past a limit for long: see the memory limit); timeout_ms == 0
+ * only peeks and never does that. */
 int ms_stream_next(int64_t handle, ms_tensor *out, int32_t max, int32_t *n,
                    int32_t timeout_ms, char *err, size_t err_len);
 

@@ -85,3 +85,62 @@ func TestUnlimitedConsumerKeepingEverything(t *testing.T) {
 		}
 	}
 }
+
+// A consumer that holds tensors until a copy of them finishes (GPU delivery)
+// peeks (timeout 0) while it holds them and releases them before it waits.
+// Peeking must never let the readers leave the ring: with that consumer the
+// arena stays at its ring, limited or not.
+func TestPeekingNeverLeavesTheRing(t *testing.T) {
+	const ring = 64 << 10
+	defer stream.SetUnlimitedRing(ring)()
+	cp := writeCheckpoint(t, 7, 3, 60, 3000)
+	for _, limit := range []int64{stream.Unlimited, ring} {
+		cfg := stream.DefaultConfig(registry(fs.Buffered))
+		cfg.ChunkBytes = 16 << 10
+		cfg.MemoryLimit = limit
+		s, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files := s.Files()
+		var held []stream.Ready
+		seen := 0
+		for {
+			batch, err := s.Next(context.Background(), 4, 0)
+			if err == nil && len(batch) == 0 {
+				// Nothing ready: let the "copies" finish, then wait.
+				for _, r := range held {
+					r.Release()
+				}
+				held = held[:0]
+				time.Sleep(time.Millisecond) // readers find the ring full meanwhile
+				batch, err = s.Next(context.Background(), 4, 10*time.Second)
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range batch {
+				name := files[r.File].Tensors[r.Tensor].Name
+				if string(r.Data) != string(cp.want[name]) {
+					t.Fatalf("limit %d: %s: wrong bytes", limit, name)
+				}
+				seen++
+			}
+			held = append(held, batch...)
+		}
+		for _, r := range held {
+			r.Release()
+		}
+		st := s.Stats()
+		s.Close()
+		if seen != len(cp.want) {
+			t.Fatalf("limit %d: got %d tensors, want %d", limit, seen, len(cp.want))
+		}
+		if st.ArenaBytes > ring {
+			t.Fatalf("limit %d: arena peaked at %d bytes, past the %d-byte ring", limit, st.ArenaBytes, ring)
+		}
+	}
+}

@@ -501,7 +501,9 @@ func (s *Stream) Files() []FileInfo {
 // Next waits up to timeout (< 0: no limit) for ready tensors and returns
 // at most max of them (max <= 0: all that are ready). It returns io.EOF
 // once every tensor has been returned, ErrClosed after Close, the error
-// that stopped the stream, or (nil, nil) when the timeout expires.
+// that stopped the stream, or (nil, nil) when the timeout expires. A zero
+// timeout peeks: it never lets a reader stuck behind memory the caller holds
+// go on outside the ring (only waiting does).
 func (s *Stream) Next(ctx context.Context, max int, timeout time.Duration) ([]Ready, error) {
 	var deadline <-chan time.Time
 	if timeout >= 0 {
@@ -529,8 +531,11 @@ func (s *Stream) Next(ctx context.Context, max int, timeout time.Duration) ([]Re
 			return nil, io.EOF
 		}
 		// Nothing ready and nothing being read: the reader is waiting for
-		// memory the caller still holds. Let it go on in fresh memory.
-		if s.arena.unstick(s.starved) {
+		// memory the caller still holds. Let it go on in fresh memory; but
+		// not on a peek (timeout 0): a caller that peeks may release memory
+		// before it waits (a device copy finishing), and the grant would take
+		// the stream past its limit for nothing.
+		if timeout != 0 && s.arena.unstick(s.starved) {
 			continue
 		}
 		if waitStart.IsZero() {

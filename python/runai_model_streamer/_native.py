@@ -67,8 +67,6 @@ MS_ERR_CANCELED = 10
 MS_ERR_INTERNAL = 11
 MS_ERR_FORKED = 12
 
-READ_MODES = {"auto": 0, "buffered": 1, "direct": 2, "mmap": 3}
-
 CODE_NAMES = {
     MS_OK: "MS_OK",
     MS_ERR_INVALID_ARGUMENT: "MS_ERR_INVALID_ARGUMENT",
@@ -444,12 +442,14 @@ class Stream:
             raise error_for(rc, _message(ffi, err))
         raise RunaiStreamerError("model-streamer: the stream metadata kept growing")
 
-    def next_batch(self, timeout_ms: int = DEFAULT_WAIT_MS) -> Optional[List[Tuple[int, int, int, int, int]]]:
+    def next_batch(self, timeout_ms: int = DEFAULT_WAIT_MS,
+                   wait: bool = True) -> Optional[List[Tuple[int, int, int, int, int]]]:
         """Waits for ready tensors: a list of (file_index, tensor_index,
         data_address, nbytes, token), or None once every tensor is delivered.
 
         Waits in slices of ``timeout_ms`` so KeyboardInterrupt (and other
-        signals) are delivered between them.
+        signals) are delivered between them. wait=False does not wait: an
+        empty list when nothing is ready yet.
         """
         self._check()
         if self.ended:
@@ -457,6 +457,8 @@ class Stream:
         ffi, lib = self._ffi, self._lib
         out, n, err = self._out, self._n, self._err
         handle, batch = self.handle, self._batch
+        if not wait:
+            timeout_ms = 0
         while True:
             rc = lib.ms_stream_next(handle, out, batch, n, timeout_ms, err, ERR_BUF_LEN)
             if rc == MS_OK:
@@ -472,10 +474,12 @@ class Stream:
                         t.nbytes,
                         t.token,
                     ))
-                if result:
+                if result or not wait:
                     return result
                 continue
             if rc == MS_ERR_TIMEOUT:
+                if not wait:
+                    return []
                 continue
             if rc == MS_ERR_END:
                 self.ended = True

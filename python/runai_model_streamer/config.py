@@ -8,7 +8,12 @@
   RUNAI_STREAMER_CHUNK_BYTESIZE  bytes per read (unset: the backend's default:
                                  8 MiB for local files, 16 MiB for S3, GCS
                                  and Azure)
-  MODEL_STREAMER_READ_MODE       auto (default) | buffered | direct | mmap
+  MODEL_STREAMER_READ_MODE       auto (default) | buffered | direct | mmap |
+                                 auto-read. auto decides per file: a cached
+                                 file is mapped (zero copy) when the tensors
+                                 stay on the CPU, and read into the pinned
+                                 buffer (auto-read) when they go on to a CUDA
+                                 device; an uncached file is read O_DIRECT.
 
 Storage backend settings (endpoints, credentials, ...) are every variable
 whose name starts with one of SETTING_PREFIXES, read at each call and handed
@@ -32,7 +37,8 @@ READ_MODE_ENV = "MODEL_STREAMER_READ_MODE"
 # 0 (unset) lets each storage backend use its own tuned default.
 DEFAULT_CONCURRENCY = 0
 DEFAULT_MEMORY_LIMIT = -1
-READ_MODES = {"auto": 0, "buffered": 1, "direct": 2, "mmap": 3}
+# The library's MS_READ_* codes.
+READ_MODES = {"auto": 0, "buffered": 1, "direct": 2, "mmap": 3, "auto-read": 4}
 
 _SUFFIXES = {
     "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
@@ -88,6 +94,15 @@ class StreamerConfig:
     @property
     def read_mode_code(self) -> int:
         return READ_MODES[self.read_mode]
+
+    def read_mode_for(self, device_type: str) -> str:
+        """The read mode for tensors bound for `device_type`. A CUDA consumer
+        copies every byte from a pinned buffer: a zero-copy mapping of a cached
+        file would make that copy stage through pageable memory, so auto never
+        maps there."""
+        if self.read_mode == "auto" and device_type == "cuda":
+            return "auto-read"
+        return self.read_mode
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "StreamerConfig":

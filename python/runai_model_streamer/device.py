@@ -10,14 +10,18 @@ for the rest.
 
 Pinned memory: the native stream's ring buffer (``ms_stream_arena``) is
 registered with CUDA (``cudaHostRegister``) so that copies from it are true
-asynchronous DMA. Tensors outside the ring (zero-copy mappings of cached files,
-fresh memory while the caller holds the ring, unaligned copies) are copied from
-pageable memory, which CUDA stages synchronously: correct, just slower.
-Registration pins (and populates) the whole ring up front, so it is skipped
-for rings larger than MODEL_STREAMER_PIN_MAX_BYTES (default 16 GiB; 0 disables
-pinning): with the default RUNAI_STREAMER_MEMORY_LIMIT=-1 the ring holds the
-whole request, so set a memory limit to get a pinned, reused ring. The ring is
-unregistered before the stream can free it.
+asynchronous DMA. For a CUDA destination the streamer reads cached files into
+that ring (read mode auto-read) rather than mapping them, and when nothing is
+ready it waits for its copies to finish (releasing their ring memory) before
+it waits for the library: so the readers never leave the ring for fresh,
+unpinned memory. The ring is max(256 MiB, twice the largest read region)
+with no memory limit, the limit (at least the largest tensor) otherwise.
+Tensors outside it (an explicit MODEL_STREAMER_READ_MODE=mmap, unaligned
+tensors copied on the host) are copied from pageable memory, which CUDA stages
+synchronously: correct, just slower. Registration pins (and populates) the
+whole ring up front, so it is skipped for rings larger than
+MODEL_STREAMER_PIN_MAX_BYTES (default 16 GiB; 0 disables pinning). The ring
+is unregistered before the stream can free it.
 """
 
 from __future__ import annotations
@@ -76,13 +80,16 @@ def _cuda_ok(rc: Any) -> bool:
 
 def _clear_cuda_error() -> None:
     """A failed runtime call leaves a (non-sticky) last error that a later
-    kernel-launch check would report as its own; clear it."""
-    try:
-        import ctypes
+    kernel-launch check would report as its own; clear it. torch has already
+    loaded its CUDA runtime, so dlopen by soname finds that one."""
+    import ctypes
 
-        ctypes.CDLL("libcudart.so.12").cudaGetLastError()
-    except Exception:
-        pass
+    for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
+        try:
+            ctypes.CDLL(name).cudaGetLastError()
+            return
+        except (OSError, AttributeError):
+            continue
 
 
 class PinnedRange:
@@ -155,6 +162,14 @@ class HostToDevice:
     def _use_stream(self, stream: Any) -> Any:
         return torch.cuda.stream(stream)
 
+    def _keep_for(self, tensor: torch.Tensor, stream: Any) -> None:
+        tensor.record_stream(stream)
+
+    @property
+    def pending(self) -> int:
+        """Copies whose host memory has not been released yet."""
+        return len(self._pending)
+
     # -- copies -------------------------------------------------------------------
     def reuse(self) -> None:
         """Before writing into a buffer that work on the current stream may
@@ -178,7 +193,7 @@ class HostToDevice:
         if fresh:
             # Allocated for the side stream, used on the current one: the
             # allocator must not hand it out again before that use is done.
-            out.record_stream(current)
+            self._keep_for(out, current)
         self.copies += 1
         if self.pinned is not None and host.numel() and self.pinned.contains(
                 host.data_ptr(), host.numel() * host.element_size()):

@@ -832,9 +832,15 @@ class DistributedStream:
         deadline = time.monotonic() + wait
         copier = self._copier
         while not pending:
-            if copier is not None:
-                copier.poll()  # host memory of finished copies back to the ring
-            batch = self._poll(POLL_MS)
+            if copier is not None and copier.pending:
+                # Peek while copies hold ring memory; with nothing ready,
+                # finish them before waiting (see streamer._next_batch).
+                batch = self._poll(0)
+                if batch == []:
+                    copier.synchronize()
+                    continue
+            else:
+                batch = self._poll(POLL_MS)
             if batch is None:
                 raise RunaiStreamerError(
                     f"{LOG_PREFIX}: the library ended this share after {self._offered} of "

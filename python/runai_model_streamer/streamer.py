@@ -13,7 +13,7 @@ import torch
 
 from runai_model_streamer import _native
 from runai_model_streamer._dtypes import element_size
-from runai_model_streamer.config import StreamerConfig, backend_settings
+from runai_model_streamer.config import READ_MODES, StreamerConfig, backend_settings
 from runai_model_streamer.exceptions import (
     RunaiStreamerError,
     RunaiStreamerInvalidInputException,
@@ -246,6 +246,7 @@ class SafetensorsStreamer:
             return
 
         settings = backend_settings(credentials=s3_credentials, scheme=scheme)
+        read_mode = config.read_mode_for(dev.type)
 
         def open_native(subset: Optional[List[str]]) -> _native.Stream:
             return _native.Stream(
@@ -254,7 +255,7 @@ class SafetensorsStreamer:
                 concurrency=config.concurrency,
                 memory_limit=config.memory_limit,
                 chunk_bytes=config.chunk_bytes,
-                read_mode=config.read_mode_code,
+                read_mode=READ_MODES[read_mode],
                 settings=settings,
             )
 
@@ -276,7 +277,7 @@ class SafetensorsStreamer:
             "memory limit %d, read mode %s",
             sum(len(v) for v in self.files_to_tensors_metadata.values()),
             format_bytes(self.total_size), len(path_list), config.concurrency,
-            config.memory_limit, config.read_mode,
+            config.memory_limit, read_mode,
         )
 
     def _open_distributed(self, paths: List[str], names: Optional[List[str]],
@@ -404,7 +405,7 @@ class SafetensorsStreamer:
                     return
                 if not pending:
                     try:
-                        batch = stream.next_batch()
+                        batch = self._next_batch(stream, copier)
                     except RunaiStreamerError:
                         if stream.closed:  # closed under us (close() from another thread)
                             return
@@ -447,6 +448,20 @@ class SafetensorsStreamer:
             self._iterators.discard(state)
             if completed:
                 self._log_throughput()
+
+    @staticmethod
+    def _next_batch(stream: _native.Stream, copier: Any) -> Optional[List[Any]]:
+        """The next ready tensors. With copies to a device in flight, their
+        host memory goes back to the library only once they finish: when
+        nothing is ready yet, wait for those copies first (the device is busy
+        with them anyway), so that a reader waiting for ring space is never
+        left waiting on a consumer that is waiting on it."""
+        if copier is not None and copier.pending:
+            batch = stream.next_batch(wait=False)
+            if batch != []:
+                return batch
+            copier.synchronize()
+        return stream.next_batch()
 
     def _wrap(self, meta: SafetensorMetadata, addr: int, nbytes: int,
               token: int) -> Tuple[torch.Tensor, bool]:

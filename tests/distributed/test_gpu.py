@@ -22,15 +22,17 @@ two_gpus = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device
                               reason="needs two CUDA devices")
 
 
-def _stream_to_cuda(paths, *, owned, set_env, memory_limit=None):
+def _stream_to_cuda(paths, *, owned, set_env, memory_limit=None, read_mode="buffered"):
+    """Streams paths to cuda:0 and checks every tensor; returns (copies from
+    the pinned ring, copies)."""
     from runai_model_streamer import SafetensorsStreamer
 
-    set_env(MODEL_STREAMER_READ_MODE="buffered", RUNAI_STREAMER_MEMORY_LIMIT=memory_limit)
+    set_env(MODEL_STREAMER_READ_MODE=read_mode, RUNAI_STREAMER_MEMORY_LIMIT=memory_limit)
     expected = reference_all(paths)
 
     def run():
         seen = {}
-        pinned = 0
+        pinned = copies = 0
         kept = {}
         with SafetensorsStreamer() as streamer:
             streamer.stream_files([str(p) for p in paths], device="cuda:0", owned=owned)
@@ -41,11 +43,11 @@ def _stream_to_cuda(paths, *, owned, set_env, memory_limit=None):
                 kept[name] = tensor
                 for state in streamer._iterators:
                     if state.copier is not None:
-                        pinned = state.copier.pinned_copies
+                        pinned, copies = state.copier.pinned_copies, state.copier.copies
         assert set(seen) == set(expected)
         for name, tensor in kept.items():  # device tensors are always the caller's
             assert_matches(name, describe(tensor.cpu()), expected[name])
-        return pinned
+        return pinned, copies
 
     return call_with_timeout(run, 120)
 
@@ -62,9 +64,21 @@ def test_cuda_delivery_copies_from_the_pinned_ring(checkpoints, set_env):
 
     if _native._function(_native.load()[1], "ms_stream_arena") is None:
         pytest.skip("this library has no ms_stream_arena")
-    pinned = _stream_to_cuda(checkpoints["many"], owned=True, set_env=set_env,
-                             memory_limit=1 << 20)
+    pinned, _ = _stream_to_cuda(checkpoints["many"], owned=True, set_env=set_env,
+                                memory_limit=1 << 20)
     assert pinned > 0
+
+
+@cuda
+def test_cuda_delivery_default_settings_copy_only_from_the_pinned_ring(checkpoints, set_env):
+    """No memory limit, read mode auto, files in the page cache: every
+    tensor (all are aligned) reaches the device from the pinned ring; none is
+    mapped or read into fresh, pageable memory."""
+    paths = checkpoints["many"]
+    for p in paths:
+        p.read_bytes()
+    pinned, copies = _stream_to_cuda(paths, owned=False, set_env=set_env, read_mode=None)
+    assert copies == 200 and pinned == copies, (pinned, copies)
 
 
 @cuda

@@ -357,3 +357,98 @@ def test_pin_limit_setting(monkeypatch):
     monkeypatch.setenv(device_mod.PIN_MAX_ENV, "-5")
     with pytest.raises(RunaiStreamerInvalidInputException):
         device_mod.pin_max_bytes()
+
+
+class _LazyDevice(_FakeCopier):
+    """A copier whose copies never finish by themselves (event.query() stays
+    False): only synchronize() completes them, as a busy GPU would. Copies go
+    to CPU tensors."""
+
+    def __init__(self, stream):
+        super().__init__([])
+        self.device = torch.device("cpu")
+        self.synchronized = 0
+        self.peak_pending = 0
+
+    def _keep_for(self, tensor, stream):
+        pass
+
+    def copy(self, host, token=None, out=None):
+        result = super().copy(host, token, out)
+        self.peak_pending = max(self.peak_pending, self.pending)
+        return result
+
+    def synchronize(self):
+        self.synchronized += 1
+        super().synchronize()
+
+
+@pytest.mark.parametrize("memory_limit", [64 << 10, 0])
+def test_device_delivery_waits_for_copies_instead_of_starving_the_reader(
+        checkpoints, monkeypatch, set_env, memory_limit):
+    """CUDA delivery keeps each tensor's host memory until its copy is done.
+    With a small ring the reader needs that memory back: the iterator must
+    wait for the copies when nothing is ready (not block on the reader, not
+    make the library allocate past its limit) and still deliver every
+    tensor's exact bytes."""
+    from runai_model_streamer import SafetensorsStreamer
+    from conftest import assert_matches, describe, reference_all
+
+    copiers = []
+
+    def make(device, stream):
+        copiers.append(_LazyDevice(stream))
+        return copiers[-1]
+
+    monkeypatch.setattr(device_mod, "HostToDevice", make)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    set_env(RUNAI_STREAMER_MEMORY_LIMIT=memory_limit, MODEL_STREAMER_READ_MODE="buffered")
+    paths = checkpoints["many"]
+    expected = reference_all(paths)
+
+    def stream(device):
+        seen = set()
+        with SafetensorsStreamer() as streamer:
+            streamer.stream_files([str(p) for p in paths], device=device, owned=False)
+            for name, tensor in streamer.get_tensors():
+                assert_matches(name, describe(tensor), expected[name])
+                seen.add(name)
+                stats = streamer._stream.stats()
+        assert seen == set(expected)
+        return stats["arena_bytes"]
+
+    # A CPU consumer that releases each tensor at once sets the bound.
+    cpu_arena = stream("cpu")
+    assert stream("cuda:0") <= cpu_arena
+    (copier,) = copiers
+    assert copier.synchronized > 0 and copier.pending == 0
+    assert copier.peak_pending > 1  # copies did overlap the reading
+
+
+def test_auto_reads_cached_files_into_the_arena_for_cuda(checkpoints):
+    """Bound for a CUDA device, auto reads a cached file into the (pinnable)
+    arena instead of mapping it."""
+    from runai_model_streamer.config import READ_MODES, StreamerConfig
+
+    config = StreamerConfig.from_env({})
+    assert config.read_mode_for("cuda") == "auto-read"
+    assert config.read_mode_for("cpu") == "auto"
+    assert StreamerConfig.from_env({"MODEL_STREAMER_READ_MODE": "mmap"}).read_mode_for("cuda") == "mmap"
+
+    path = str(checkpoints["one_file"][0])
+    with open(path, "rb") as f:
+        f.read()  # cached
+    inside = {}
+    for mode in ("auto", "auto-read"):
+        stream = _native.Stream([path], None, read_mode=READ_MODES[mode])
+        try:
+            base, length = device_mod.native_arena(stream) or (0, 0)
+            n = 0
+            while (batch := stream.next_batch()) is not None:
+                for _, _, addr, nbytes, token in batch:
+                    n += base <= addr and addr + nbytes <= base + length
+                    _native.release(token)
+            inside[mode] = n
+        finally:
+            stream.close()
+    assert inside == {"auto": 0, "auto-read": 3}, inside

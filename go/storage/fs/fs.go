@@ -14,7 +14,8 @@
 //
 // Options.Mode picks one, or Auto (the default) picks per file: buffered on a
 // network or FUSE file system, mmap when at least ResidentThreshold of the
-// file is in the page cache, direct otherwise.
+// file is in the page cache, direct otherwise. AutoRead picks the same way
+// but reads a cached file buffered instead of mapping it.
 //
 // The package targets Linux; elsewhere every object is buffered.
 package fs
@@ -45,6 +46,11 @@ const (
 	Direct
 	// Mmap maps files privately and exposes the mapping (storage.Mappable).
 	Mmap
+	// AutoRead decides per file like Auto but never maps: a cached file is
+	// read buffered. For consumers that copy every byte on (to a GPU), a read
+	// into their own buffer, which they can pin, beats a zero-copy mapping
+	// that the copy would have to stage through pageable memory.
+	AutoRead
 )
 
 // Strategy names, as returned by Strategist.Strategy.
@@ -73,12 +79,14 @@ func (m Mode) String() string {
 		return "direct"
 	case Mmap:
 		return "mmap"
+	case AutoRead:
+		return "auto-read"
 	}
 	return fmt.Sprintf("Mode(%d)", int(m))
 }
 
-// ParseMode parses "auto", "buffered", "direct" or "mmap", ignoring case and
-// surrounding space; "" is Auto.
+// ParseMode parses "auto", "buffered", "direct", "mmap" or "auto-read",
+// ignoring case and surrounding space; "" is Auto.
 func ParseMode(s string) (Mode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "auto":
@@ -89,8 +97,10 @@ func ParseMode(s string) (Mode, error) {
 		return Direct, nil
 	case "mmap":
 		return Mmap, nil
+	case "auto-read":
+		return AutoRead, nil
 	}
-	return Auto, fmt.Errorf("fs: unknown read mode %q (want auto, buffered, direct or mmap)", s)
+	return Auto, fmt.Errorf("fs: unknown read mode %q (want auto, buffered, direct, mmap or auto-read)", s)
 }
 
 // Options configures the backend.
@@ -132,7 +142,7 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.Canceled, Err: err}
 	}
-	if b.mode < Auto || b.mode > Mmap {
+	if b.mode < Auto || b.mode > AutoRead {
 		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.InvalidArgument,
 			Err: fmt.Errorf("unknown read mode %v", b.mode)}
 	}
@@ -184,13 +194,15 @@ func (b *backend) open(ctx context.Context, uri, path string, f *os.File) (stora
 	case Mmap:
 		return openMmap(base)
 	}
-	// Auto.
+	// Auto and AutoRead.
 	if base.size == 0 || isNetworkFS(base) {
 		return &bufferedObject{base}, nil
 	}
 	frac, err := residency(base)
 	switch {
 	case errors.Is(err, ErrResidencyUnknown):
+		return &bufferedObject{base}, nil
+	case err == nil && frac >= ResidentThreshold && b.mode == AutoRead:
 		return &bufferedObject{base}, nil
 	case err == nil && frac >= ResidentThreshold:
 		if obj, err := openMmap(base); err == nil {

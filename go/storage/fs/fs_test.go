@@ -21,7 +21,7 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-var allModes = []Mode{Auto, Buffered, Direct, Mmap}
+var allModes = []Mode{Auto, Buffered, Direct, Mmap, AutoRead}
 
 // writeFile creates name in dir with size deterministic random bytes.
 func writeFile(t testing.TB, dir, name string, size int) (string, []byte) {
@@ -101,6 +101,7 @@ func TestParseMode(t *testing.T) {
 		{"Buffered", Buffered, false},
 		{" DIRECT ", Direct, false},
 		{"mmap", Mmap, false},
+		{"auto-read", AutoRead, false},
 		{"odirect", Auto, true},
 	} {
 		got, err := ParseMode(tc.in)
@@ -339,33 +340,43 @@ func TestMmap(t *testing.T) {
 }
 
 func TestAuto(t *testing.T) {
-	dir := t.TempDir()
-	path, data := writeFile(t, dir, "f", 3<<20+5)
-	if _, err := os.ReadFile(path); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := Resident(path); err != nil || r < ResidentThreshold {
-		t.Skipf("file just written and read is not resident: %v, %v", r, err)
-	}
-	obj := open(t, Auto, path)
-	if s := strategy(obj); s != StrategyMmap {
-		t.Fatalf("resident file: strategy %q, want mmap", s)
-	}
-	if _, ok := obj.(storage.Mappable); !ok {
-		t.Fatal("resident file: object does not implement storage.Mappable")
-	}
-	checkRead(t, obj, data, make([]byte, len(data)), 0)
-	obj.Close() // a mapping keeps pages from being dropped
+	for _, tc := range []struct {
+		mode         Mode
+		wantResident string
+	}{
+		{Auto, StrategyMmap},
+		{AutoRead, StrategyBuffered},
+	} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			path, data := writeFile(t, dir, "f", 3<<20+5)
+			if _, err := os.ReadFile(path); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := Resident(path); err != nil || r < ResidentThreshold {
+				t.Skipf("file just written and read is not resident: %v, %v", r, err)
+			}
+			obj := open(t, tc.mode, path)
+			if s := strategy(obj); s != tc.wantResident {
+				t.Fatalf("resident file: strategy %q, want %s", s, tc.wantResident)
+			}
+			if _, mapped := obj.(storage.Mappable); mapped != (tc.wantResident == StrategyMmap) {
+				t.Fatalf("resident file: implements storage.Mappable = %v", mapped)
+			}
+			checkRead(t, obj, data, make([]byte, len(data)), 0)
+			obj.Close() // a mapping keeps pages from being dropped
 
-	coldOrSkip(t, path)
-	obj = open(t, Auto, path)
-	if s := strategy(obj); s != StrategyDirect {
-		t.Fatalf("cold file: strategy %q, want direct", s)
+			coldOrSkip(t, path)
+			obj = open(t, tc.mode, path)
+			if s := strategy(obj); s != StrategyDirect {
+				t.Fatalf("cold file: strategy %q, want direct", s)
+			}
+			if _, ok := obj.(storage.Aligned); !ok {
+				t.Fatal("cold file: object does not implement storage.Aligned")
+			}
+			checkRead(t, obj, data, alignedBuf(t, len(data)+4096)[:len(data)/4096*4096+4096], 0)
+		})
 	}
-	if _, ok := obj.(storage.Aligned); !ok {
-		t.Fatal("cold file: object does not implement storage.Aligned")
-	}
-	checkRead(t, obj, data, alignedBuf(t, len(data)+4096)[:len(data)/4096*4096+4096], 0)
 }
 
 func TestAutoEmptyAndSmall(t *testing.T) {
