@@ -18,7 +18,10 @@ A scenario: {"name", "paths", "env": {...}, "rank_env": {rank: {...}},
 {rank: [...]}, "inject": {"rank": r, "kind": "read_error"|"exit"|"sleep"|
 "close_early"|"no_memory", "after": k, "seconds": s},
 "truncate_after_open": {"path": p, "size": n} (rank 0 truncates a file once
-every rank has opened its share), "init_world1": false}.
+every rank has opened its share), "init_world1": false, "caller_collectives":
+false (the caller runs all_reduces of its own, on the default group and on a
+group it created, before, during (every 5 tensors) and after the streaming;
+their sums go to the result's "collectives")}.
 """
 
 from __future__ import annotations
@@ -128,6 +131,18 @@ def run_scenario(sc, rank):
             dist.init_process_group("gloo", init_method=sc["init_world1"], rank=0, world_size=1)
         kept = {}
         device = sc.get("device", "cpu").replace("{rank}", str(rank))
+        collective = None
+        if sc.get("caller_collectives"):
+            result["collectives"] = []
+            own_group = dist.new_group(list(range(dist.get_world_size())))
+
+            def collective():
+                for group in (None, own_group):
+                    t = torch.tensor([rank + 1], dtype=torch.int64)
+                    dist.all_reduce(t, group=group)
+                    result["collectives"].append(int(t.item()))
+
+            collective()
         with SafetensorsStreamer() as streamer:
             streamer.stream_files(sc["paths"], device=device,
                                   is_distributed=sc.get("is_distributed", True),
@@ -154,8 +169,12 @@ def run_scenario(sc, rank):
                     count += 1
                     if hook is not None:
                         hook(count)
+                    if collective is not None and count % 5 == 0:
+                        collective()
             except StopIteration:
                 pass  # close_early: the consumer stops
+            if collective is not None:
+                collective()
             result["stats"] = streamer.stats()
             if dstream is not None:
                 result["rounds"] = dstream.rounds

@@ -74,19 +74,33 @@ def two(checkpoints, tmp_path_factory):
         {"name": "close_early", "paths": mixed, "env": dict(ON, **SMALL_ROUNDS),
          "inject": {"rank": 0, "kind": "close_early", "after": 3}},
         {"name": "after_close_early", "paths": mixed, "env": dict(ON, RUNAI_STREAMER_DIST_GLOBAL="1")},
+        {"name": "caller_collectives", "paths": paths_of(checkpoints, "many"), "owned": False,
+         "caller_collectives": True, "env": dict(ON, **SMALL_ROUNDS)},
     ]
     return launch(tmp_path_factory.mktemp("two"), 2, scenarios)
 
 
 @pytest.mark.parametrize("scenario", ["local", "global_rounds", "one_file", "huge", "solo",
-                                      "solo_views", "after_read_error", "after_close_early"])
+                                      "solo_views", "after_read_error", "after_close_early",
+                                      "caller_collectives"])
 def test_two_processes_every_tensor_read_once(two, checkpoints, scenario):
     key = {"one_file": "one_file", "huge": "huge", "global_rounds": "many", "solo": "solo",
-           "solo_views": "solo"}.get(scenario, "mixed")
+           "solo_views": "solo", "caller_collectives": "many"}.get(scenario, "mixed")
     results = two.of(scenario)
     assert_every_tensor(results, expected_digests(checkpoints[key]))
     assert all(r["distributed"] for r in results.values())
     assert_read_once(results, tensor_bytes_total(checkpoints[key]), [[0, 1]])
+
+
+def test_caller_collectives_interleave_with_the_exchange(two):
+    """The caller's own collectives (default group and a group of its own),
+    run between tensors while the exchange is mid-way, neither hang nor see
+    the streamer's traffic: every one sums the ranks' 1 + 2."""
+    results = two.of("caller_collectives")
+    n = len(results[0]["digests"])
+    calls = 1 + n // 5 + 1
+    for r in results.values():
+        assert r["collectives"] == [3] * (2 * calls), r["collectives"]
 
 
 def test_two_processes_split_the_reading(two):
