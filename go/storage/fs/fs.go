@@ -252,7 +252,7 @@ func localPath(uri string) (string, error) {
 }
 
 // Resident returns the fraction of the file at path (a path or file URI)
-// that is in the page cache, sampling at most about 64 Ki pages of a large
+// that is in the page cache, sampling at most about 4 Ki pages of a large
 // file. An empty file is fully resident. It returns ErrResidencyUnknown when
 // the kernel will not tell.
 func Resident(path string) (float64, error) {

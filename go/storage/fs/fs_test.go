@@ -391,10 +391,11 @@ func TestAutoEmptyAndSmall(t *testing.T) {
 }
 
 func TestResidentSampling(t *testing.T) {
-	// A sparse file larger than sampleWindows*windowPages pages, half read.
+	// A sparse file far larger than sampleWindows*windowPages pages (so the
+	// kernel's readahead past the half is small beside it), half read.
 	path := filepath.Join(t.TempDir(), "sparse")
 	ps := os.Getpagesize()
-	size := int64(sampleWindows*windowPages+sampleWindows*windowPages/4) * int64(ps)
+	size := int64(16*sampleWindows*windowPages) * int64(ps)
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)

