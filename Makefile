@@ -14,7 +14,7 @@ GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') $(HEADER) go/
 # input, which go test reports as a failure (context deadline exceeded).
 FUZZTIME ?= 600000x
 
-.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean
+.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean gpu-bundle
 
 # Tests never skip for want of a server: the servers are installed first.
 export MODEL_STREAMER_REQUIRE_SERVERS := 1
@@ -57,6 +57,42 @@ test-python: dev servers
 
 bench: dev
 	$(VPY) bench/run.py $(BENCH_ARGS)
+
+# What ci/gpu-check.sh needs on the GPU machine (Python 3.12 with torch, but no
+# Go, no cffi, no network, and a 64 MiB limit on what travels): the library
+# xz-compressed into .gpu/ with its header and the spec's examples, and the
+# wheels it lacks in .whl/ (both gitignored, carried). One version of each
+# wheel: pip install --no-deps of two would let the last one win silently.
+# numpy is there already; humanize too, but it is small and the peer needs it.
+GPU_LIB_XZ := .gpu/libmodelstreamer.so.xz
+GPU_WHEELS := cffi==2.1.1 pycparser==3.12 runai-model-streamer==0.17.0 humanize==4.17.0
+GPU_PIP := --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	$(foreach n,30 28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+GPU_MAX_MIB := 60
+
+$(GPU_LIB_XZ): $(LIB)
+	mkdir -p $(dir $@)
+	$(PYTHON) -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.compress(open(sys.argv[1], "rb").read(), preset=9))' $(LIB) $@.tmp
+	mv $@.tmp $@
+	cp $(dir $(LIB))model_streamer.h .gpu/  # the cdef this library was built with
+
+gpu-bundle: $(GPU_LIB_XZ)
+	mkdir -p .whl
+	if [ -f ../shared/spec/usage.md ]; then install -m 644 ../shared/spec/usage.md .gpu/usage.md; fi  # for test_spec_examples
+	set -e; for spec in $(GPU_WHEELS); do \
+	  stem=$$(echo "$${spec%%==*}" | tr - _); ver=$${spec##*==}; \
+	  for f in .whl/$$stem-*.whl; do \
+	    case "$$f" in .whl/$$stem-$$ver-*) ;; *) if [ -e "$$f" ]; then rm -v "$$f"; fi ;; esac; \
+	  done; \
+	  ls .whl/$$stem-$$ver-*.whl >/dev/null 2>&1 || $(PYTHON) -m pip download -q $(GPU_PIP) -d .whl "$$spec"; \
+	done
+	@tree=$$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s += $$1} END {print s + 0}'); \
+	gpu=$$(find .gpu -type f -printf '%s\n' | awk '{s += $$1} END {print s + 0}'); \
+	whl=$$(find .whl -type f -printf '%s\n' | awk '{s += $$1} END {print s + 0}'); \
+	total=$$((tree + gpu + whl)); \
+	ls -l $(GPU_LIB_XZ) .whl/*.whl; \
+	echo "travels: tree $$((tree >> 10)) KiB + .gpu $$((gpu >> 10)) KiB + .whl $$((whl >> 10)) KiB = $$((total >> 20)) MiB (limit $(GPU_MAX_MIB) MiB)"; \
+	if [ $$total -gt $$(($(GPU_MAX_MIB) << 20)) ]; then echo "gpu-bundle: over $(GPU_MAX_MIB) MiB" >&2; exit 1; fi
 
 lint:
 	cd go && test -z "$$(gofmt -l .)" && $(GO) vet ./...
