@@ -14,7 +14,7 @@ GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') $(HEADER) go/
 # input, which go test reports as a failure (context deadline exceeded).
 FUZZTIME ?= 600000x
 
-.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean gpu-bundle
+.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean gpu-bundle ffi
 
 # Tests never skip for want of a server: the servers are installed first.
 export MODEL_STREAMER_REQUIRE_SERVERS := 1
@@ -28,6 +28,12 @@ $(LIB): $(GO_SOURCES)
 	cd go && CGO_ENABLED=1 $(GO) build -trimpath -ldflags="-s -w" -buildmode=c-shared -o ../$@ ./capi
 	cp $(HEADER) python/runai_model_streamer/lib/model_streamer.h
 	rm -f $(basename $@).h
+
+# The C declarations precompiled by cffi (python/runai_model_streamer/_ffi_abi.py,
+# committed): loading the library then parses no C. Run after changing the
+# header's CDEF section; tests/test_abi.py says when it is stale.
+ffi: $(VENV)/.installed
+	$(VPY) -m runai_model_streamer._ffi_gen $(HEADER)
 
 # The virtual environment: torch pinned so the pip cache serves repeat installs.
 $(VENV)/.installed: pyproject.toml

@@ -50,3 +50,32 @@ def test_stale_handle_is_an_error_not_a_crash():
     assert lib.ms_stream_close(987654) == lib.MS_ERR_BAD_HANDLE
     assert lib.ms_release(123456789) == lib.MS_OK  # unknown tokens are a no-op
     assert ffi.string(lib.ms_version()).decode()
+
+
+def test_precompiled_ffi_matches_the_header():
+    """_ffi_abi.py (the declarations precompiled by cffi, so loading parses no
+    C) must be made from this header; the library is loaded through it."""
+    import hashlib
+
+    from runai_model_streamer import _ffi_abi, _native
+
+    digest = hashlib.sha256(cdef_text().encode("utf-8")).hexdigest()
+    assert _ffi_abi.CDEF_SHA256 == digest, "python/runai_model_streamer/_ffi_abi.py is stale: run make ffi"
+    ffi, lib = _native.load()
+    assert ffi is _ffi_abi.ffi
+    parsed = cffi.FFI()
+    parsed.cdef(cdef_text())
+    for ctype in ("ms_config", "ms_tensor", "ms_stats"):
+        assert ffi.sizeof(ctype) == parsed.sizeof(ctype), ctype
+        assert [f for f, _ in ffi.typeof(ctype).fields] == [f for f, _ in parsed.typeof(ctype).fields]
+
+
+def test_other_declarations_are_parsed_at_load():
+    """A header that differs from the precompiled declarations (another
+    library through MODEL_STREAMER_LIB) is parsed instead, and works."""
+    from runai_model_streamer import _ffi_abi, _native
+
+    ffi = _native._ffi_for(cdef_text() + "\n/* another build */\n")
+    assert ffi is not _ffi_abi.ffi
+    lib = ffi.dlopen(str(LIB))
+    assert ffi.string(lib.ms_version()).decode()

@@ -18,6 +18,7 @@ are skipped (the child's copy of that memory goes away with the child).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -178,6 +179,22 @@ def is_loaded() -> bool:
     return _state.lib is not None
 
 
+def _ffi_for(cdef: str) -> cffi.FFI:
+    """An FFI that knows the declarations cdef: the precompiled one
+    (_ffi_abi.py, see _ffi_gen.py) when it was made from exactly these, else
+    one that parses them now (tens of milliseconds)."""
+    try:
+        from runai_model_streamer import _ffi_abi
+
+        if _ffi_abi.CDEF_SHA256 == hashlib.sha256(cdef.encode("utf-8")).hexdigest():
+            return _ffi_abi.ffi
+    except Exception:  # missing, or made by an incompatible cffi
+        pass
+    ffi = cffi.FFI()
+    ffi.cdef(cdef)
+    return ffi
+
+
 def load() -> Tuple[cffi.FFI, Any]:
     """Returns (ffi, lib), loading the library on first use."""
     lib = _state.lib
@@ -195,8 +212,7 @@ def load() -> Tuple[cffi.FFI, Any]:
                 "(build it with `make build` in a source checkout, or reinstall the package)"
             )
             raise RunaiStreamerError(f"model-streamer native library not found: {path} {hint}")
-        ffi = cffi.FFI()
-        ffi.cdef(read_cdef(path))
+        ffi = _ffi_for(read_cdef(path))
         try:
             lib = ffi.dlopen(path)
         except OSError as e:
