@@ -79,12 +79,19 @@ class Progress:
 
 
 def expand_paths(paths: Sequence[str]) -> List[str]:
-    """Files as given; directories -> their *.safetensors (sorted)."""
+    """Files as given; directories, and object-storage prefixes written with a
+    trailing "/", -> their *.safetensors (sorted)."""
     from runai_model_streamer.files import is_object_storage_path, list_safetensors
 
     files: List[str] = []
     for p in paths:
-        if not is_object_storage_path(p) and os.path.isdir(p):
+        remote = is_object_storage_path(p)
+        if remote and p.endswith("/"):
+            found = list_safetensors(p)
+            if not found:
+                raise RunaiStreamerError(f"{p}: no *.safetensors objects under this prefix")
+            files.extend(found)
+        elif not remote and os.path.isdir(p):
             found = list_safetensors(p)
             if not found:
                 raise RunaiStreamerError(f"{p}: no *.safetensors files in this directory")

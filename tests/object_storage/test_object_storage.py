@@ -132,6 +132,32 @@ def test_settings_are_read_at_each_call(store, checkpoint, monkeypatch):
     assert_same_tensors(got, reference_all(checkpoint[:1]))
 
 
+def test_trace_setting_writes_one_line_per_request(store, checkpoint, monkeypatch, tmp_path):
+    """RUNAI_STREAMER_S3_TRACE=1 (spec): a trace file in the working
+    directory, a line per ranged GET of every object, and no secret."""
+    uris = store.upload(checkpoint[:2])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUNAI_STREAMER_S3_TRACE", "1")
+    got, _, stats = stream_all(uris)
+    assert_same_tensors(got, reference_all(checkpoint[:2]))
+    trace = tmp_path / f"model-streamer-trace-{os.getpid()}.log"
+    lines = trace.read_text().splitlines()
+    backend = {"s3": "s3", "gs": "gcs", "az": "azure"}[store.scheme]
+    gets = [ln for ln in lines if f" {backend} GET " in ln and 'range="bytes=' in ln]
+    for uri in uris:
+        name = uri.rsplit("/", 1)[1]
+        assert any(name in ln and " status=206 " in ln for ln in gets), (name, lines[:5])
+    assert len(gets) >= stats["reads"]
+    text = trace.read_text()
+    for secret in ("secret_key", "account_key"):
+        if secret in store.server:
+            assert store.server[secret] not in text
+
+    monkeypatch.setenv("RUNAI_STREAMER_S3_TRACE", "sometimes")
+    with pytest.raises(RunaiStreamerInvalidInputException, match="RUNAI_STREAMER_S3_TRACE"):
+        stream_all(uris)
+
+
 def test_keys_with_special_characters(store, checkpoint, tmp_path):
     """Keys are taken literally: no percent-decoding, no query or fragment."""
     names = ["a+b.safetensors", "100%.safetensors", "q?x=1.safetensors", "h#1.safetensors",
@@ -388,6 +414,12 @@ def test_cli_ls_and_pull(store, checkpoint, tmp_path, capsys):
     assert "100.0%" in captured.err and "files" in captured.err
     assert re.search(rf"pulled {len(want)} file\(s\), {sum(map(len, want.values()))} bytes",
                      captured.out), captured.out
+
+    # stream: a prefix written with a trailing "/" stands for its *.safetensors.
+    assert main(["stream", "--json", store.uri() + "/"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"] == len(checkpoint)  # not sub/extra.safetensors
+    assert summary["bytes"] == sum(len(v[2]) for v in reference_all(checkpoint).values())
 
     assert main(["pull", store.uri("nothing-here"), str(tmp_path / "none"), "--no-progress"]) == 1
     assert "no objects" in capsys.readouterr().err

@@ -58,6 +58,10 @@
 //     aborted and its ReadAt fails with storage.Unavailable, keeping the
 //     bytes already received. Metadata requests (open, each list page) use
 //     it as the SDK's per-try timeout.
+//   - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
+//     without its query, range, status, bytes, timings; no secret) to
+//     model-streamer-trace-<pid>.log in the working directory (package
+//     tracelog).
 //
 // Requests use their own HTTP/1.1 connection pool (up to 256 idle
 // connections per host); an HTTP proxy comes from the process environment
@@ -113,6 +117,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/tracelog"
 )
 
 // Scheme is the URI scheme this backend serves.
@@ -179,10 +184,14 @@ func newBackend(s storage.Settings) (*Backend, error) {
 		}
 		stall = time.Duration(ms) * time.Millisecond
 	}
+	trace, err := tracelog.FromSettings(s)
+	if err != nil {
+		return nil, err
+	}
 	retry := metadataRetry
 	retry.TryTimeout = stall
 	opts := &azblob.ClientOptions{ClientOptions: policy.ClientOptions{
-		Transport: &http.Client{Transport: newTransport()},
+		Transport: &http.Client{Transport: trace.Transport("azure", newTransport())},
 		Retry:     retry,
 		Telemetry: policy.TelemetryOptions{ApplicationID: "model-streamer"},
 	}}

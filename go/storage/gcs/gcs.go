@@ -43,6 +43,10 @@
 //   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
 //     response header, no body byte) for this long is aborted as a stalled
 //     transfer (storage.Unavailable); default 30000, 0 disables.
+//   - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
+//     without its query, range, status, bytes, timings; no secret) to
+//     model-streamer-trace-<pid>.log in the working directory (package
+//     tracelog).
 //
 // # Retries
 //
@@ -118,6 +122,7 @@ import (
 	"google.golang.org/api/option"
 
 	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/tracelog"
 )
 
 // Setting names read by New.
@@ -167,7 +172,11 @@ var (
 // the metadata server.
 func New(settings storage.Settings) (storage.Backend, error) {
 	b, code, err := newBackend(settings)
-	if err != nil {
+	var se *storage.Error
+	switch {
+	case errors.As(err, &se):
+		return nil, err // classified already (the trace file)
+	case err != nil:
 		return nil, &storage.Error{Op: "configure gcs", Code: code, Err: err}
 	}
 	return b, nil
@@ -198,7 +207,14 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 		return nil, storage.InvalidArgument, err
 	}
 
-	hc := &http.Client{Transport: &guardTransport{base: newTransport(stall)}}
+	trace, err := tracelog.FromSettings(s)
+	if err != nil {
+		return nil, storage.CodeOf(err), err
+	}
+	// The trace sits nearest the wire: a reopen the guard refuses sends
+	// nothing, and the authentication wrapped around hc below is not ours
+	// to record.
+	hc := &http.Client{Transport: &guardTransport{base: trace.Transport("gcs", newTransport(stall))}}
 	opts := []option.ClientOption{gcs.WithDisabledClientMetrics()}
 	credFile, credSetting := s.Get(SettingCredentialFile, ""), SettingCredentialFile
 	if credFile == "" {

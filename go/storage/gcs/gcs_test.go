@@ -267,24 +267,7 @@ func TestCredentialFile(t *testing.T) {
 	}))
 	t.Cleanup(front.Close)
 
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: must(x509.MarshalPKCS8PrivateKey(key))})
-	js, _ := json.Marshal(map[string]string{
-		"type":           "service_account",
-		"project_id":     "test-project",
-		"private_key_id": "key-1",
-		"private_key":    string(pemKey),
-		"client_email":   "reader@test-project.iam.gserviceaccount.com",
-		"client_id":      "1",
-		"token_uri":      tokenSrv.URL + "/token",
-	})
-	file := filepath.Join(t.TempDir(), "sa.json")
-	if err := os.WriteFile(file, js, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	file := serviceAccountFile(t, tokenSrv.URL+"/token")
 	for _, setting := range []string{SettingCredentialFile, SettingADCFile} {
 		t.Run(setting, func(t *testing.T) {
 			mu.Lock()
@@ -312,6 +295,31 @@ func TestCredentialFile(t *testing.T) {
 	if tokens.Load() == 0 {
 		t.Error("the token endpoint was never called")
 	}
+}
+
+// serviceAccountFile writes a service-account key file whose tokens come
+// from tokenURL and returns its path.
+func serviceAccountFile(t testing.TB, tokenURL string) string {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: must(x509.MarshalPKCS8PrivateKey(key))})
+	js, _ := json.Marshal(map[string]string{
+		"type":           "service_account",
+		"project_id":     "test-project",
+		"private_key_id": "key-1",
+		"private_key":    string(pemKey),
+		"client_email":   "reader@test-project.iam.gserviceaccount.com",
+		"client_id":      "1",
+		"token_uri":      tokenURL,
+	})
+	file := filepath.Join(t.TempDir(), "sa.json")
+	if err := os.WriteFile(file, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 func must[T any](v T, err error) T {

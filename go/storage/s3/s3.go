@@ -56,6 +56,10 @@
 //   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives no byte (no
 //     response header, no body byte) for this long is aborted as a stalled
 //     transfer (storage.Unavailable); default 30000, 0 disables.
+//   - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
+//     without its query, range, status, bytes, timings; no secret) to
+//     model-streamer-trace-<pid>.log in the working directory (package
+//     tracelog).
 //
 // When an endpoint is set, the SDK's request checksum calculation and response
 // checksum validation are set to "when required": compatible stores often
@@ -131,6 +135,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/tracelog"
 )
 
 // Setting names read by New.
@@ -201,7 +206,11 @@ var (
 // credentials show up in the first Open.
 func New(settings storage.Settings) (storage.Backend, error) {
 	b, err := newBackend(settings)
-	if err != nil {
+	var se *storage.Error
+	switch {
+	case errors.As(err, &se):
+		return nil, err // classified already (the trace file)
+	case err != nil:
 		return nil, &storage.Error{Op: "configure s3", Code: storage.InvalidArgument, Err: err}
 	}
 	return b, nil
@@ -240,6 +249,10 @@ func newBackend(s storage.Settings) (*backend, error) {
 		metaAttempts = n
 	}
 	pathStyle := !s.Bool(SettingVirtualAddressing, endpoint == "")
+	trace, err := tracelog.FromSettings(s)
+	if err != nil {
+		return nil, err
+	}
 
 	opts := []func(*config.LoadOptions) error{
 		config.WithDefaultRegion(DefaultRegion),
@@ -323,8 +336,9 @@ func newBackend(s storage.Settings) (*backend, error) {
 		}),
 	}
 	// The watchdog wraps the built client: config wanted a BuildableClient
-	// to install the CA bundle, which it has done by now.
-	hc := &stallClient{inner: cfg.HTTPClient, timeout: stall}
+	// to install the CA bundle, which it has done by now. The trace wraps
+	// the watchdog, so that a stall is traced as such.
+	hc := trace.Client("s3", &stallClient{inner: cfg.HTTPClient, timeout: stall})
 	b.client = s3.NewFromConfig(cfg, func(o *s3.Options) {
 		o.HTTPClient = hc
 		o.UsePathStyle = pathStyle
