@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,7 +49,7 @@ func TestTrace(t *testing.T) {
 	t.Logf("trace:\n%s", trace)
 	wantURL := "http://" + e.srv.Host + "/" + bucket + "/trace/a.bin"
 	want := []string{" gcs GET ", `range="bytes=100-1099"`, " bytes=1000 "}
-	if !traceHas(trace, wantURL, append(want, " status=206 ")...) && !traceHas(trace, wantURL, append(want, " status=200 ")...) {
+	if !storagetest.TraceHas(trace, wantURL, append(want, " status=206 ")...) && !storagetest.TraceHas(trace, wantURL, append(want, " status=200 ")...) {
 		t.Errorf("no line for %s with all of %q and status 206 or 200", wantURL, want)
 	}
 	if issued.Load() == 0 {
@@ -66,31 +65,5 @@ func TestTrace(t *testing.T) {
 // TestTraceSettingInvalid checks that New rejects a value of the trace
 // setting it does not know, with the error tracelog gives, not rewrapped.
 func TestTraceSettingInvalid(t *testing.T) {
-	_, err := New(storage.Settings{SettingEmulatorHost: "127.0.0.1:1", tracelog.Setting: "verbose"})
-	if storage.CodeOf(err) != storage.InvalidArgument || !strings.Contains(fmt.Sprint(err), tracelog.Setting) ||
-		strings.Count(fmt.Sprint(err), storage.InvalidArgument.String()) != 1 {
-		t.Fatalf("New = %v; want one invalid argument error naming %s", err, tracelog.Setting)
-	}
-}
-
-// traceHas reports whether a line of the trace is for wantURL (the path as
-// sent may escape the object name's "/") and holds every one of parts.
-func traceHas(trace []byte, wantURL string, parts ...string) bool {
-	for _, line := range strings.Split(string(trace), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 4 {
-			continue
-		}
-		if u, err := url.PathUnescape(f[3]); err != nil || u != wantURL {
-			continue
-		}
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
+	storagetest.CheckTraceSettingRejected(t, New, storage.Settings{SettingEmulatorHost: "127.0.0.1:1"})
 }

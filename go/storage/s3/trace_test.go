@@ -2,14 +2,13 @@ package s3
 
 import (
 	"context"
-	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/model-streamer/model-streamer/go/storage"
+	"github.com/model-streamer/model-streamer/go/storage/storagetest"
 	"github.com/model-streamer/model-streamer/go/storage/tracelog"
 )
 
@@ -38,7 +37,7 @@ func TestTrace(t *testing.T) {
 	t.Logf("trace:\n%s", trace)
 	wantURL := e.srv.Endpoint + "/" + e.bucket + "/trace/a.bin"
 	want := []string{" s3 GET ", `range="bytes=100-1099"`, " status=206 ", " bytes=1000 "}
-	if !traceHas(trace, wantURL, want...) {
+	if !storagetest.TraceHas(trace, wantURL, want...) {
 		t.Errorf("no line for %s with all of %q", wantURL, want)
 	}
 	for _, secret := range []string{e.srv.SecretKey, "Authorization", "X-Amz-", "?"} {
@@ -51,31 +50,5 @@ func TestTrace(t *testing.T) {
 // TestTraceSettingInvalid checks that New rejects a value of the trace
 // setting it does not know, with the error tracelog gives, not rewrapped.
 func TestTraceSettingInvalid(t *testing.T) {
-	_, err := New(storage.Settings{tracelog.Setting: "verbose"})
-	if storage.CodeOf(err) != storage.InvalidArgument || !strings.Contains(fmt.Sprint(err), tracelog.Setting) ||
-		strings.Count(fmt.Sprint(err), storage.InvalidArgument.String()) != 1 {
-		t.Fatalf("New = %v; want one invalid argument error naming %s", err, tracelog.Setting)
-	}
-}
-
-// traceHas reports whether a line of the trace is for wantURL (the path as
-// sent may escape the object name's "/") and holds every one of parts.
-func traceHas(trace []byte, wantURL string, parts ...string) bool {
-	for _, line := range strings.Split(string(trace), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 4 {
-			continue
-		}
-		if u, err := url.PathUnescape(f[3]); err != nil || u != wantURL {
-			continue
-		}
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(line, p)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
+	storagetest.CheckTraceSettingRejected(t, New, storage.Settings{})
 }
