@@ -187,22 +187,7 @@ def run_one(a, ld, man, ctx):
             env["RUNAI_STREAMER_MEMORY_LIMIT"] = str(a.limit)
         if a.concurrency:
             env["RUNAI_STREAMER_CONCURRENCY"] = str(a.concurrency)
-    t = time.perf_counter()
-    try:
-        r = subprocess.run([py, WORKER, json.dumps(spec)], capture_output=True, text=True,
-                           env=env, timeout=a.timeout, cwd=BENCH)
-        out = r.stdout.strip().splitlines()
-        res = json.loads(out[-1]) if out else {"ok": False, "error": "no output"}
-        if r.returncode != 0 and res.get("ok"):
-            res = {"ok": False, "error": f"exit {r.returncode}"}
-        if not res.get("ok"):
-            res.setdefault("error", "failed")
-            res["stderr"] = r.stderr[-3000:]
-    except subprocess.TimeoutExpired:
-        res = {"ok": False, "error": f"timed out after {a.timeout}s"}
-    except (ValueError, OSError) as e:
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    res["wall_s"] = time.perf_counter() - t
+    res = R.run_worker(py, WORKER, spec, env, a.timeout)
     if res.get("ok"):
         check(ld, res, man)
     return res

@@ -74,7 +74,7 @@ LOADERS = {
 
 
 # Shared with the local-file benchmark (run.py sits beside this file).
-from run import fmt_bytes, log, parse_bytes  # noqa: E402
+from run import fmt_bytes, log, parse_bytes, run_argv  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -529,22 +529,7 @@ def run_one(a, cfg, ctx):
         argv = [py, WORKER, json.dumps(spec)]
     cpu0 = proc_cpu_s(ctx["minio_pid"])
     busy0, kids0 = cpu_busy_s(), children_cpu_s()
-    t = time.perf_counter()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=a.timeout, cwd=BENCH)
-        out = r.stdout.strip().splitlines()
-        try:
-            res = json.loads(out[-1]) if out else {"ok": False, "error": "no output"}
-        except ValueError:
-            res = {"ok": False, "error": f"unparsable output: {out[-1][:300]!r}"}
-        if r.returncode != 0 and res.get("ok"):
-            res = {"ok": False, "error": f"exit {r.returncode}"}
-        if not res.get("ok"):
-            res.setdefault("error", "failed")
-            res["stderr"] = r.stderr[-3000:]
-    except subprocess.TimeoutExpired:
-        res = {"ok": False, "error": f"timed out after {a.timeout}s"}
-    res["wall_s"] = time.perf_counter() - t
+    res = run_argv(argv, env, a.timeout)
     cpu1 = proc_cpu_s(ctx["minio_pid"])
     busy1, kids1 = cpu_busy_s(), children_cpu_s()
     res["minio_cpu_s"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None

@@ -546,6 +546,37 @@ def cfg_key(c):
     return (c["loader"], c["concurrency"], c["mem"])
 
 
+def run_worker(python, worker, spec, env, timeout):
+    """Runs one measured worker, `python worker '<spec json>'`: see run_argv."""
+    return run_argv([python, worker, json.dumps(spec)], env, timeout)
+
+
+def run_argv(argv, env, timeout):
+    """Runs one measured worker (a fresh interpreter) and returns the JSON
+    object on the last line of its stdout; a crash, a timeout or other output
+    becomes {"ok": False, "error": ...}. wall_s is the subprocess's whole
+    life, start-up included."""
+    t = time.perf_counter()
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, cwd=BENCH)
+        out = r.stdout.strip().splitlines()
+        try:
+            res = json.loads(out[-1]) if out else {"ok": False, "error": "no output"}
+        except ValueError:
+            res = {"ok": False, "error": f"unparsable output: {out[-1][:300]!r}"}
+        if r.returncode != 0 and res.get("ok"):
+            res = {"ok": False, "error": f"exit {r.returncode}"}
+        if not res.get("ok"):
+            res.setdefault("error", "failed")
+            res["stderr"] = r.stderr[-3000:]
+    except subprocess.TimeoutExpired:
+        res = {"ok": False, "error": f"timed out after {timeout}s"}
+    except OSError as e:
+        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    res["wall_s"] = time.perf_counter() - t
+    return res
+
+
 def run_one(a, cfg, man, ctx):
     ld = cfg["loader"]
     env = dict(os.environ)
@@ -572,22 +603,7 @@ def run_one(a, cfg, man, ctx):
             spec.update(owned=False)
         elif ld.startswith("ours-"):
             env["MODEL_STREAMER_READ_MODE"] = ld.split("-", 1)[1]
-    t = time.perf_counter()
-    try:
-        r = subprocess.run([py, WORKER, json.dumps(spec)], capture_output=True, text=True,
-                           env=env, timeout=a.timeout, cwd=BENCH)
-        out = r.stdout.strip().splitlines()
-        res = json.loads(out[-1]) if out else {"ok": False, "error": "no output"}
-        if r.returncode != 0 and res.get("ok"):
-            res = {"ok": False, "error": f"exit {r.returncode}"}
-        if not res.get("ok"):
-            res.setdefault("error", "failed")
-            res["stderr"] = r.stderr[-3000:]
-    except subprocess.TimeoutExpired:
-        res = {"ok": False, "error": f"timed out after {a.timeout}s"}
-    except (ValueError, OSError) as e:
-        res = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-    res["wall_s"] = time.perf_counter() - t
+    res = run_worker(py, WORKER, spec, env, a.timeout)
     # sanity: every loader delivered every byte
     if res.get("ok"):
         if ld in STREAMERS or ld.startswith("safetensors"):
