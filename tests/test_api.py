@@ -717,10 +717,10 @@ def test_pull_files_through_the_library(tmp_path):
     for rel, data in content.items():
         (src / rel).write_bytes(data)
     dst = tmp_path / "dst"
-    files._pull_remote(str(src), str(dst), ["*.safetensors", "*.json"], ["*.bin"], None)
+    files.pull_remote(str(src), str(dst), ["*.safetensors", "*.json"], ["*.bin"], None)
     got = {str(p.relative_to(dst)): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
     assert got == {"a.safetensors": b"A" * 1000, "nested/b.json": b"{}"}
-    listed = files._list_remote(str(src), False, None)
+    listed = files.list_remote(str(src), False, None)
     assert [os.path.basename(u) for u, _ in listed] == ["a.safetensors"]
     assert listed[0][1] == 1000
 

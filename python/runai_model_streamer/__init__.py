@@ -26,14 +26,16 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerMemoryLimitException,
     RunaiStreamerPermissionError,
 )
-from runai_model_streamer.files import (
+from runai_model_streamer.files import S3Credentials
+from runai_model_streamer.metadata import SafetensorMetadata
+from runai_model_streamer.streamer import SafetensorsStreamer
+
+# Defined at the reference's module path, where callers patch them.
+from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # noqa: E402
     ObjectStorageModel,
-    S3Credentials,
     list_safetensors,
     pull_files,
 )
-from runai_model_streamer.metadata import SafetensorMetadata
-from runai_model_streamer.streamer import SafetensorsStreamer
 
 __version__ = "0.1.0"
 

@@ -299,12 +299,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    from runai_model_streamer.files import _list_remote, is_object_storage_path, local_path
+    from runai_model_streamer.files import list_remote, is_object_storage_path, local_path
 
     uri = args.uri
     if not is_object_storage_path(uri) and not os.path.isdir(local_path(uri)):
         raise RunaiStreamerError(f"{uri}: not a directory or an object storage prefix")
-    objects = _list_remote(uri, args.recursive, None)
+    objects = list_remote(uri, args.recursive, None)
     if args.json:
         print(json.dumps({"objects": [{"uri": u, "size": n} for u, n in objects]}, indent=2))
         return 0

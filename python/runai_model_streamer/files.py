@@ -1,5 +1,9 @@
-"""Listing and fetching model files: list_safetensors, pull_files,
-ObjectStorageModel, S3Credentials."""
+"""Listing and fetching model files: the machinery under list_safetensors,
+pull_files and ObjectStorageModel, and S3Credentials.
+
+The public entry points live at the reference's path,
+runai_model_streamer.safetensors_streamer.safetensors_streamer, because
+callers patch them there; this module does the work."""
 
 from __future__ import annotations
 
@@ -118,7 +122,7 @@ def _settings(credentials: Optional[S3Credentials], scheme: Optional[str] = None
     return backend_settings(credentials=credentials, scheme=scheme)
 
 
-def _list_remote(uri: str, recursive: bool,
+def list_remote(uri: str, recursive: bool,
                  credentials: Optional[S3Credentials],
                  settings: Optional[List[str]] = None) -> List[Tuple[str, int]]:
     """(uri, size) under uri, listed by the native library's backend."""
@@ -193,7 +197,7 @@ def plan_pull(model_path: str, dst: str, allow_pattern: Union[None, str, Sequenc
     allow = _as_patterns(allow_pattern)
     ignore = _as_patterns(ignore_pattern)
     prefix = model_path if model_path.endswith("/") else model_path + "/"
-    objects = _list_remote(prefix, True, s3_credentials, settings)
+    objects = list_remote(prefix, True, s3_credentials, settings)
     items = []
     for uri, size in objects:
         rel = _relative_key(prefix, uri)
@@ -246,11 +250,15 @@ def download_items(items: Sequence[PullItem], dst: str,
         pool.shutdown(wait=True)
 
 
-def _pull_remote(model_path: str, dst: str, allow: Optional[List[str]],
-                 ignore: Optional[List[str]], credentials: Optional[S3Credentials]) -> None:
+def pull_remote(model_path: str, dst: str, allow_pattern: Union[None, str, Sequence[str]] = None,
+                ignore_pattern: Union[None, str, Sequence[str]] = None,
+                credentials: Optional[S3Credentials] = None) -> None:
+    """Copies every object under the object storage prefix model_path that
+    passes the filters into dst (see plan_pull and download_items)."""
+    model_path = os.fspath(model_path)
     settings = _settings(credentials, uri_scheme(model_path))
-    items = plan_pull(model_path, dst, allow, ignore, credentials, settings)
-    download_items(items, dst, credentials, settings)
+    items = plan_pull(model_path, dst, allow_pattern, ignore_pattern, credentials, settings)
+    download_items(items, os.fspath(dst), credentials, settings)
 
 
 def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) -> List[str]:
@@ -258,7 +266,7 @@ def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) 
     as full paths (full URIs for object storage)."""
     path = os.fspath(path)
     if is_object_storage_path(path):
-        objects = _list_remote(path, False, s3_credentials)
+        objects = list_remote(path, False, s3_credentials)
         return sorted(uri for uri, _ in objects
                       if fnmatch.fnmatch(uri.rstrip("/").rsplit("/", 1)[-1], SAFETENSORS_PATTERN)
                       and not uri.endswith("/"))
@@ -302,7 +310,7 @@ def pull_files(
     allow = _as_patterns(allow_pattern)
     ignore = _as_patterns(ignore_pattern)
     if is_object_storage_path(model_path):
-        _pull_remote(model_path, dst, allow, ignore, s3_credentials)
+        pull_remote(model_path, dst, allow, ignore, s3_credentials)
         return
     src_root = local_path(model_path)
     if not os.path.isdir(src_root):
@@ -318,101 +326,3 @@ def pull_files(
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(src, target)
         shutil.copymode(src, target)
-
-
-class ObjectStorageModel:
-    """A model directory, downloaded once per host.
-
-    For a local directory it just points at it: ``dir`` is model_path and
-    pull_files() does nothing. For an object storage URI one process per host
-    downloads into ``dst`` under a file lock (``dst + '.lock'``); the others
-    wait for it and reuse the result (a sentinel file marks a completed
-    download). Use as a context manager.
-    """
-
-    SENTINEL_NAME = ".runai_complete"
-
-    def __init__(self, model_path: str, dst: str,
-                 s3_credentials: Optional[S3Credentials] = None) -> None:
-        model_path = os.fspath(model_path)
-        dst = os.fspath(dst)
-        self._lock_file = None
-        self._s3_credentials = s3_credentials
-        self._local = not is_object_storage_path(model_path)
-        if self._local:
-            directory = local_path(model_path)
-            if not os.path.isdir(directory):
-                raise RunaiStreamerFileNotFoundError(f"{model_path}: no such directory")
-            self.dir = directory
-            self._model_path = directory
-            self._skip = True
-            return
-
-        import fcntl
-
-        self.dir = dst.rstrip("/") or "/"
-        self._model_path = model_path if model_path.endswith("/") else model_path + "/"
-        self._sentinel = os.path.join(self.dir, self.SENTINEL_NAME)
-        lock_path = self.dir + ".lock"
-        os.makedirs(os.path.dirname(os.path.abspath(lock_path)), exist_ok=True)
-        self._lock_file = open(lock_path, "a")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_SH)
-            if os.path.exists(self._sentinel):
-                self._skip = True
-                return
-            # Upgrading SH -> EX in place can deadlock between two upgraders.
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            if os.path.exists(self._sentinel):
-                self._skip = True
-                fcntl.flock(self._lock_file, fcntl.LOCK_SH)
-                return
-            self._skip = False
-            if os.path.exists(self.dir):
-                shutil.rmtree(self.dir)
-            os.makedirs(self.dir, exist_ok=True)
-        except BaseException:
-            self._unlock()
-            raise
-
-    def pull_files(self, allow_pattern: Optional[List[str]] = None,
-                   ignore_pattern: Optional[List[str]] = None) -> None:
-        if self._skip:
-            return
-        pull_files(self._model_path, self.dir, allow_pattern, ignore_pattern,
-                   self._s3_credentials)
-
-    def _unlock(self) -> None:
-        lock_file = self._lock_file
-        self._lock_file = None
-        if lock_file is None or lock_file.closed:
-            return
-        import fcntl
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
-        finally:
-            lock_file.close()
-
-    def __enter__(self) -> "ObjectStorageModel":
-        return self
-
-    def __exit__(self, exc_type, exc_value, traceback) -> bool:
-        try:
-            if exc_type is None and not self._skip:
-                downloaded = [f for f in os.listdir(self.dir) if f != self.SENTINEL_NAME]
-                if not downloaded:
-                    raise RunaiStreamerError(
-                        f"No files were downloaded to {self.dir!r} from {self._model_path!r}"
-                    )
-                with open(self._sentinel, "w"):
-                    pass
-        finally:
-            self._unlock()
-        return False
-
-    def __del__(self) -> None:
-        try:
-            self._unlock()
-        except Exception:
-            pass

@@ -15,7 +15,7 @@ def race(name: str, jobs, barrier, delay: float, results) -> None:
     racers overlap. Puts (name, [report, ...]) or (name, error text) on
     results."""
     try:
-        from runai_model_streamer import files
+        from runai_model_streamer.safetensors_streamer import safetensors_streamer as files
 
         original = files.pull_files
 
