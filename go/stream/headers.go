@@ -20,7 +20,7 @@ func ReadHeaders(ctx context.Context, cfg Config, uris []string) ([]FileInfo, er
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 	defer s.abort()
-	if err := s.openFiles(uris); err != nil {
+	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f) }); err != nil {
 		return nil, err
 	}
 	for _, f := range s.files {

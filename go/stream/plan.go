@@ -100,24 +100,27 @@ func quoteList(names []string) string {
 	return b.String()
 }
 
-// largestTensor is the size of the largest requested tensor in bytes.
-func largestTensor(files []*fileState) (int64, string) {
-	var max int64
-	var name string
-	for _, f := range files {
-		for _, t := range f.tensors {
-			if t.Bytes() > max {
-				max, name = t.Bytes(), t.Name
+// largestTensor is the size of the largest requested tensor in bytes, and
+// where it is: files[file].tensors[tensor].
+func largestTensor(files []*fileState) (size int64, file, tensor int) {
+	for fi, f := range files {
+		for ti, t := range f.tensors {
+			if t.Bytes() > size {
+				size, file, tensor = t.Bytes(), fi, ti
 			}
 		}
 	}
-	return max, name
+	return size, file, tensor
 }
 
 // planRegions groups each file's requested, non-empty tensors into regions
 // whose aligned span stays within maxSpan (a larger tensor gets a region of
 // its own), and orders the regions round-robin over the files so that every
 // file streams from the start rather than one after another.
+//
+// Tensors must be sorted by Begin. A tensor that starts inside the region
+// before it (overlapping byte ranges, OpenRanges) joins that region, so
+// shared bytes are read once; tensors of a SafeTensors header never overlap.
 func planRegions(files []*fileState, maxSpan int64) [][]*region {
 	perFile := make([][]*region, len(files))
 	for fi, f := range files {
@@ -126,12 +129,12 @@ func planRegions(files []*fileState, maxSpan int64) [][]*region {
 			if t.Bytes() == 0 {
 				continue
 			}
-			begin, end := f.header.DataOffset+t.Begin, f.header.DataOffset+t.End
-			if cur != nil && begin == cur.dataEnd &&
-				alignUp(end, alignment)-cur.spanStart <= maxSpan {
+			begin, end := f.base+t.Begin, f.base+t.End
+			if cur != nil && begin <= cur.dataEnd &&
+				alignUp(max(end, cur.dataEnd), alignment)-cur.spanStart <= maxSpan {
 				cur.count = i - cur.first + 1
-				cur.dataEnd = end
-				cur.spanEnd = alignUp(end, alignment)
+				cur.dataEnd = max(end, cur.dataEnd)
+				cur.spanEnd = alignUp(cur.dataEnd, alignment)
 				continue
 			}
 			cur = &region{

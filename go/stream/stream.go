@@ -28,15 +28,21 @@ var (
 	ErrClosed = errors.New("stream closed")
 )
 
-// MemoryLimitError reports a memory limit below the largest requested tensor.
+// MemoryLimitError reports a memory limit below the largest requested tensor
+// (or, for OpenRanges, the largest requested range).
 type MemoryLimitError struct {
 	Limit   int64
 	Largest int64
-	Tensor  string
+	Tensor  string // the tensor's name; for a range, "range I at offset N"
 	URI     string
+	Range   bool // the stream reads byte ranges (OpenRanges), not tensors
 }
 
 func (e *MemoryLimitError) Error() string {
+	if e.Range {
+		return fmt.Sprintf("memory limit %d bytes is below the largest range of %s (%s, %d bytes)",
+			e.Limit, e.URI, e.Tensor, e.Largest)
+	}
 	return fmt.Sprintf("memory limit %d bytes is below the largest tensor %q of %s (%d bytes)",
 		e.Limit, e.Tensor, e.URI, e.Largest)
 }
@@ -46,7 +52,9 @@ type FileInfo struct {
 	URI  string
 	Size int64
 	// Header holds every tensor of the file; Tensors only the requested
-	// ones, in file order (the index Ready.Tensor refers to).
+	// ones, in file order (the index Ready.Tensor refers to). A stream of
+	// byte ranges (OpenRanges) has no Header, and its Tensors are the
+	// ranges in the caller's order, unnamed, Begin and End absolute.
 	Header   *safetensors.Header
 	Tensors  []safetensors.Tensor
 	Strategy string // how the file is read: "buffered", "direct", "mmap" or ""
@@ -62,13 +70,25 @@ type Ready struct {
 }
 
 type fileState struct {
-	uri      string
-	obj      storage.Object
-	size     int64
-	header   *safetensors.Header
-	tensors  []safetensors.Tensor
+	uri     string
+	obj     storage.Object
+	size    int64
+	header  *safetensors.Header
+	base    int64 // absolute file offset tensors' Begin and End count from
+	tensors []safetensors.Tensor
+	// order, when set, maps a position in tensors (sorted by offset for
+	// planning) to the caller's index of that range (OpenRanges).
+	order    []int
 	mapped   storage.Mappable // non-nil when read by mapping
 	strategy string
+}
+
+// index is the caller's index of f.tensors[i] (what Ready.Tensor reports).
+func (f *fileState) index(i int) int {
+	if f.order == nil {
+		return i
+	}
+	return f.order[i]
 }
 
 type chunk struct {
@@ -112,15 +132,11 @@ func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stre
 	if len(uris) == 0 {
 		return nil, fmt.Errorf("%w: no files given", ErrInvalidRequest)
 	}
-	s := &Stream{cfg: cfg}
-	s.st.start = time.Now()
-	s.st.firstTensor.Store(-1)
-	s.queue.init()
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s := newStream(cfg)
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 
-	if err := s.openFiles(uris); err != nil {
+	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f) }); err != nil {
 		s.abort()
 		return nil, err
 	}
@@ -137,8 +153,18 @@ func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stre
 	return s, nil
 }
 
-// openFiles opens every file and reads its header, all files at once.
-func (s *Stream) openFiles(uris []string) error {
+func newStream(cfg Config) *Stream {
+	s := &Stream{cfg: cfg}
+	s.st.start = time.Now()
+	s.st.firstTensor.Store(-1)
+	s.queue.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// openFiles runs open (which opens a file and learns what to read of it)
+// for every file, all files at once.
+func (s *Stream) openFiles(uris []string, open func(i int, f *fileState) error) error {
 	s.files = make([]*fileState, len(uris))
 	errs := make([]error, len(uris))
 	sem := make(chan struct{}, max(s.cfg.Concurrency, DefaultConcurrency))
@@ -151,7 +177,7 @@ func (s *Stream) openFiles(uris []string) error {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			defer recoverInto(&errs[i])
-			errs[i] = s.openFile(s.files[i])
+			errs[i] = open(i, s.files[i])
 		}()
 	}
 	wg.Wait()
@@ -192,6 +218,7 @@ func (s *Stream) openFile(f *fileState) error {
 		return fmt.Errorf("%s: %w", f.uri, err)
 	}
 	f.header = h
+	f.base = h.DataOffset
 	return nil
 }
 
@@ -228,17 +255,15 @@ func wrapRead(uri string, off, n int64, err error) error {
 // and sizes the arena for the regions that need one.
 func (s *Stream) planMemory() error {
 	limit := s.cfg.MemoryLimit
-	largest, name := largestTensor(s.files)
+	largest, fi, ti := largestTensor(s.files)
 	if limit > 0 && limit < largest {
-		uri := ""
-		for _, f := range s.files {
-			for _, t := range f.tensors {
-				if t.Name == name {
-					uri = f.uri
-				}
-			}
+		f := s.files[fi]
+		e := &MemoryLimitError{Limit: limit, Largest: largest, Tensor: f.tensors[ti].Name, URI: f.uri}
+		if f.order != nil {
+			e.Range = true
+			e.Tensor = fmt.Sprintf("range %d at offset %d", f.index(ti), f.tensors[ti].Begin)
 		}
-		return &MemoryLimitError{Limit: limit, Largest: largest, Tensor: name, URI: uri}
+		return e
 	}
 	maxSpan := s.cfg.ChunkBytes
 	switch {
@@ -316,7 +341,7 @@ func (s *Stream) start() {
 	for fi, f := range s.files {
 		for ti, t := range f.tensors {
 			if t.Bytes() == 0 {
-				empties = append(empties, Ready{File: fi, Tensor: ti})
+				empties = append(empties, Ready{File: fi, Tensor: f.index(ti)})
 			}
 		}
 	}
@@ -435,8 +460,8 @@ func (s *Stream) complete(r *region) {
 		}
 		batch = append(batch, Ready{
 			File:   r.file,
-			Tensor: r.first + i,
-			Data:   r.tensorBytes(f.header.DataOffset+t.Begin, f.header.DataOffset+t.End),
+			Tensor: f.index(r.first + i),
+			Data:   r.tensorBytes(f.base+t.Begin, f.base+t.End),
 		})
 	}
 	r.refs.Store(int32(len(batch)))
@@ -493,7 +518,14 @@ func (s *Stream) Arena() []byte {
 func (s *Stream) Files() []FileInfo {
 	out := make([]FileInfo, len(s.files))
 	for i, f := range s.files {
-		out[i] = FileInfo{URI: f.uri, Size: f.size, Header: f.header, Tensors: f.tensors, Strategy: f.strategy}
+		tensors := f.tensors
+		if f.order != nil {
+			tensors = make([]safetensors.Tensor, len(f.tensors))
+			for j, t := range f.tensors {
+				tensors[f.order[j]] = t
+			}
+		}
+		out[i] = FileInfo{URI: f.uri, Size: f.size, Header: f.header, Tensors: tensors, Strategy: f.strategy}
 	}
 	return out
 }
