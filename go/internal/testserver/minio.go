@@ -127,9 +127,41 @@ func (s *MinIOServer) PutObject(t testing.TB, bucket, key string, data []byte) {
 	s.do(t, http.MethodPut, "/"+bucket+"/"+key, data, http.StatusOK)
 }
 
+// SetBucketPolicy sets bucket's access policy, a JSON policy document
+// (PutBucketPolicy), failing t on error.
+func (s *MinIOServer) SetBucketPolicy(t testing.TB, bucket, policy string) {
+	t.Helper()
+	s.doQuery(t, http.MethodPut, "/"+bucket, "policy=", []byte(policy), http.StatusNoContent)
+}
+
+// AllowAnonymousRead lets requests without credentials read bucket's objects
+// and list the bucket: the policy `mc anonymous set download` sets.
+func (s *MinIOServer) AllowAnonymousRead(t testing.TB, bucket string) {
+	t.Helper()
+	s.SetBucketPolicy(t, bucket, AnonymousReadPolicy(bucket))
+}
+
+// AnonymousReadPolicy is a bucket policy granting everyone s3:GetObject on
+// bucket's objects and s3:ListBucket and s3:GetBucketLocation on bucket.
+func AnonymousReadPolicy(bucket string) string {
+	return `{"Version":"2012-10-17","Statement":[` +
+		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetBucketLocation","s3:ListBucket"],"Resource":["arn:aws:s3:::` + bucket + `"]},` +
+		`{"Effect":"Allow","Principal":{"AWS":["*"]},"Action":["s3:GetObject"],"Resource":["arn:aws:s3:::` + bucket + `/*"]}]}`
+}
+
 func (s *MinIOServer) do(t testing.TB, method, path string, body []byte, want int) {
 	t.Helper()
-	req, err := http.NewRequest(method, s.Endpoint+(&url.URL{Path: path}).EscapedPath(), bytes.NewReader(body))
+	s.doQuery(t, method, path, "", body, want)
+}
+
+// doQuery sends a signed request for path (unescaped) with the raw query.
+func (s *MinIOServer) doQuery(t testing.TB, method, path, query string, body []byte, want int) {
+	t.Helper()
+	target := s.Endpoint + (&url.URL{Path: path}).EscapedPath()
+	if query != "" {
+		target += "?" + query
+	}
+	req, err := http.NewRequest(method, target, bytes.NewReader(body))
 	if err != nil {
 		t.Fatalf("testserver: minio %s %s: %v", method, path, err)
 	}

@@ -34,6 +34,13 @@
 //   - AWS_EC2_METADATA_DISABLED: "true" keeps the SDK from ever calling the
 //     EC2 instance metadata service (169.254.169.254) for credentials;
 //     recommended with compatible stores, where the lookup only adds delay.
+//   - RUNAI_STREAMER_S3_UNSIGNED: "1" (or "true") sends every request
+//     unsigned, with no credentials at all, as anonymous requests to a public
+//     bucket need: no credential chain runs (no keys, profile, web identity,
+//     container or instance lookup) and keys in Settings are ignored. A
+//     private bucket then answers 403, which surfaces as
+//     storage.PermissionDenied naming the object. Unset or "0": signed, with
+//     the credentials below.
 //   - Credentials, first match wins:
 //     1. AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN):
 //     static credentials.
@@ -143,6 +150,7 @@ const (
 	SettingEndpoint           = "AWS_ENDPOINT_URL"
 	SettingEndpointS3         = "AWS_ENDPOINT_URL_S3"
 	SettingVirtualAddressing  = "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING"
+	SettingUnsigned           = "RUNAI_STREAMER_S3_UNSIGNED"
 	SettingRegion             = "AWS_REGION"
 	SettingDefaultRegion      = "AWS_DEFAULT_REGION"
 	SettingCABundle           = "AWS_CA_BUNDLE"
@@ -289,15 +297,21 @@ func newBackend(s storage.Settings) (*backend, error) {
 			config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
 			config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired))
 	}
+	unsigned := s.Bool(SettingUnsigned, false)
 	keyID, secret := s.Get(SettingAccessKeyID, ""), s.Get(SettingSecretAccessKey, "")
+	webIdentity := s.Get(SettingWebIdentityFile, "") != "" && s.Get(SettingRoleARN, "") != ""
 	switch {
+	case unsigned:
+		// Anonymous credentials make the SDK skip signing altogether; no
+		// other provider is consulted, so nothing probes for credentials.
+		opts = append(opts, config.WithCredentialsProvider(aws.AnonymousCredentials{}))
 	case keyID != "" || secret != "":
 		if keyID == "" || secret == "" {
 			return nil, fmt.Errorf("%s and %s must be set together", SettingAccessKeyID, SettingSecretAccessKey)
 		}
 		opts = append(opts, config.WithCredentialsProvider(
 			credentials.NewStaticCredentialsProvider(keyID, secret, s.Get(SettingSessionToken, ""))))
-	case s.Get(SettingWebIdentityFile, "") != "" && s.Get(SettingRoleARN, "") != "":
+	case webIdentity:
 		// Resolved below: the STS client needs the loaded configuration.
 	case s.Get(SettingProfile, "") != "":
 		opts = append(opts, config.WithSharedConfigProfile(s.Get(SettingProfile, "")))
@@ -315,7 +329,7 @@ func newBackend(s storage.Settings) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	if keyID == "" && s.Get(SettingWebIdentityFile, "") != "" && s.Get(SettingRoleARN, "") != "" {
+	if !unsigned && keyID == "" && webIdentity {
 		p := stscreds.NewWebIdentityRoleProvider(sts.NewFromConfig(cfg), s.Get(SettingRoleARN, ""),
 			stscreds.IdentityTokenFile(s.Get(SettingWebIdentityFile, "")),
 			func(o *stscreds.WebIdentityRoleOptions) {
