@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/big"
 	"slices"
 	"testing"
 )
@@ -42,6 +43,8 @@ func FuzzParse(f *testing.F) {
 		{`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}`, 12},
 		{`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}`, 12},
 		{`{"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}`, 1},
+		{`{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}}`, 2},
+		{`{"a":{"dtype":"F6_E2M3","shape":[2,4],"data_offsets":[0,6]},"b":{"dtype":"F8_E4M3FNUZ","shape":[1],"data_offsets":[6,7]}}`, 7},
 		{`{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,1]}}`, 1},
 		{`{"a":{"dtype":"U8","shape":[1.5],"data_offsets":[0,99999999999999999999]}}`, 1},
 		{`{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}`, 2},
@@ -99,18 +102,25 @@ func checkInvariants(t *testing.T, h *Header, hdr []byte, fileSize int64) {
 			t.Fatalf("tensor %d %+v does not continue from %d", i, ts, end)
 		}
 		end = ts.End
-		size, ok := ts.DType.Size()
+		bits, ok := ts.DType.Bits()
 		if !ok {
 			t.Fatalf("accepted unknown dtype %q", ts.DType)
 		}
-		want := int64(size)
+		// Counted in big.Int so that the oracle cannot share an
+		// overflow with the code it checks.
+		want := big.NewInt(int64(bits))
 		for _, d := range ts.Shape {
 			if d < 0 {
 				t.Fatalf("negative dim in %+v", ts)
 			}
-			want *= d
+			want.Mul(want, big.NewInt(d))
 		}
-		if want != ts.Bytes() {
+		var rem big.Int
+		want.QuoRem(want, big.NewInt(8), &rem)
+		if rem.Sign() != 0 {
+			t.Fatalf("tensor %+v does not end on a byte boundary", ts)
+		}
+		if !want.IsInt64() || want.Int64() != ts.Bytes() {
 			t.Fatalf("tensor %+v: %d bytes by dtype and shape, %d by offsets", ts, want, ts.Bytes())
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -41,9 +42,9 @@ func HeaderLen(prefix []byte, fileSize int64) (int64, error) {
 	case n == 0:
 		return 0, invalidf("header length is 0")
 	case n > MaxHeaderLen:
-		return 0, invalidf("header length %d exceeds the %d MiB limit", n, MaxHeaderLen>>20)
+		return 0, invalidf("header length %d exceeds limit of %d bytes (%d MiB)", n, MaxHeaderLen, MaxHeaderLen>>20)
 	case PrefixLen+int64(n) > fileSize:
-		return 0, invalidf("header length %d runs past the end of the %d-byte file", n, fileSize)
+		return 0, invalidf("file is truncated: header length %d runs past the end of the %d-byte file", n, fileSize)
 	}
 	return int64(n), nil
 }
@@ -67,11 +68,11 @@ func Parse(header []byte, fileSize int64) (*Header, error) {
 		return nil, invalidf("header is empty")
 	}
 	if len(header) > MaxHeaderLen {
-		return nil, invalidf("header length %d exceeds the %d MiB limit", len(header), MaxHeaderLen>>20)
+		return nil, invalidf("header length %d exceeds limit of %d bytes (%d MiB)", len(header), MaxHeaderLen, MaxHeaderLen>>20)
 	}
 	dataOffset := PrefixLen + int64(len(header))
 	if fileSize < dataOffset {
-		return nil, invalidf("header ends at byte %d but the file is only %d bytes", dataOffset, fileSize)
+		return nil, invalidf("file is truncated: header ends at byte %d but the file is only %d bytes", dataOffset, fileSize)
 	}
 	if !utf8.Valid(header) {
 		return nil, invalidf("header is not valid UTF-8: bad byte at offset %d", firstInvalidUTF8(header))
@@ -105,7 +106,7 @@ func firstInvalidUTF8(b []byte) int {
 func checkLayout(ts []Tensor, dataLen int64) error {
 	if len(ts) == 0 {
 		if dataLen != 0 {
-			return invalidf("the header lists no tensors but the data section holds %d bytes", dataLen)
+			return invalidf("the header lists no tensors but the data section holds %d extra bytes", dataLen)
 		}
 		return nil
 	}
@@ -122,17 +123,17 @@ func checkLayout(ts []Tensor, dataLen int64) error {
 				return invalidf("gap between tensor %q (ends at %d) and tensor %q (begins at %d)",
 					prev.Name, prev.End, t.Name, t.Begin)
 			}
-			return invalidf("tensor %q [%d,%d) overlaps tensor %q [%d,%d)",
-				t.Name, t.Begin, t.End, prev.Name, prev.Begin, prev.End)
+			return invalidf("tensor %q [%d,%d) overlaps with next tensor %q [%d,%d)",
+				prev.Name, prev.Begin, prev.End, t.Name, t.Begin, t.End)
 		}
 		if t.End > dataLen {
-			return invalidf("tensor %q ends at byte %d of the data section but the file holds only %d bytes",
+			return invalidf("file is truncated: tensor %q ends at byte %d of the data section but the file holds only %d bytes",
 				t.Name, t.End, dataLen)
 		}
 		prevEnd = t.End
 	}
 	if prevEnd < dataLen {
-		return invalidf("%d trailing bytes after the last tensor %q (data section is %d bytes)",
+		return invalidf("%d extra trailing bytes after the last tensor %q (data section is %d bytes)",
 			dataLen-prevEnd, ts[len(ts)-1].Name, dataLen)
 	}
 	return nil
@@ -537,7 +538,7 @@ func (p *parser) parseDType(t *Tensor) error {
 	}
 	d, _, ok := lookupDType(s)
 	if !ok {
-		return invalidf("tensor %q: unknown dtype %q", t.Name, s)
+		return invalidf("tensor %q: Unsupported dtype %q (not a safetensors dtype)", t.Name, s)
 	}
 	t.DType = d
 	return nil
@@ -681,22 +682,46 @@ func scanNumber(b []byte, i int) (int, bool) {
 
 // checkSize ties the declared offsets to dtype and shape. The products are
 // overflow-checked because a shape such as [2^40, 2^40] would otherwise wrap
-// to a small number and let a tiny byte range pass for a huge tensor.
+// to a small number and let a tiny byte range pass for a huge tensor. The
+// size is counted in bits so that the sub-byte dtypes (F4, F6_*), which
+// safetensors packs without padding, get the same exact check.
+//
+// The wording of the mismatch ("Shape claims N bytes ..., but offsets
+// reserve M") is the one callers of the reference implementation match.
 func checkSize(t *Tensor) error {
-	size, _ := t.DType.Size()
+	bits, _ := t.DType.Bits()
 	count := int64(1)
 	for _, d := range t.Shape {
 		if d != 0 && count > math.MaxInt64/d {
-			return invalidf("tensor %q: shape %v has more elements than fit in int64", t.Name, t.Shape)
+			return invalidf("tensor %q: shape %s has more elements than fit in int64", t.Name, formatShape(t.Shape))
 		}
 		count *= d
 	}
-	if count > math.MaxInt64/int64(size) {
-		return invalidf("tensor %q: %s shape %v has more bytes than fit in int64", t.Name, t.DType, t.Shape)
+	if count > math.MaxInt64/int64(bits) {
+		return invalidf("tensor %q: %s shape %s has more bytes than fit in int64", t.Name, t.DType, formatShape(t.Shape))
 	}
-	if want := count * int64(size); want != t.End-t.Begin {
-		return invalidf("tensor %q: %s shape %v needs %d bytes but data_offsets [%d, %d] span %d",
-			t.Name, t.DType, t.Shape, want, t.Begin, t.End, t.End-t.Begin)
+	want, ok := t.DType.ByteLen(count)
+	if !ok {
+		return invalidf("tensor %q: shape %s x %s is %d elements of %d bits, %d bits in all, which does not end on a byte boundary",
+			t.Name, formatShape(t.Shape), t.DType, count, bits, count*int64(bits))
+	}
+	if want != t.End-t.Begin {
+		return invalidf("tensor %q: Shape claims %d bytes (%s x %s), but offsets reserve %d bytes (data_offsets [%d, %d])",
+			t.Name, want, formatShape(t.Shape), t.DType, t.End-t.Begin, t.Begin, t.End)
 	}
 	return nil
+}
+
+// formatShape writes a shape as the header spells it, "[2, 3]", rather
+// than Go's "[2 3]", so that a message reads like the file it describes.
+func formatShape(shape []int64) string {
+	b := make([]byte, 0, 2+len(shape)*4)
+	b = append(b, '[')
+	for i, d := range shape {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = strconv.AppendInt(b, d, 10)
+	}
+	return string(append(b, ']'))
 }

@@ -10,26 +10,81 @@ import (
 	"testing"
 )
 
+// allDTypes is safetensors 0.8's Dtype enum with each element's width in
+// bits, written out independently of lookupDType so that each checks the
+// other.
 var allDTypes = []struct {
 	name DType
-	size int
+	bits int
 }{
-	{"BOOL", 1}, {"U8", 1}, {"I8", 1}, {"F8_E5M2", 1}, {"F8_E4M3", 1}, {"F8_E8M0", 1},
-	{"I16", 2}, {"U16", 2}, {"F16", 2}, {"BF16", 2},
-	{"I32", 4}, {"U32", 4}, {"F32", 4},
-	{"I64", 8}, {"U64", 8}, {"F64", 8}, {"C64", 8},
+	{"BOOL", 8}, {"F4", 4}, {"F6_E2M3", 6}, {"F6_E3M2", 6},
+	{"U8", 8}, {"I8", 8}, {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"F8_E4M3FNUZ", 8}, {"F8_E5M2FNUZ", 8},
+	{"I16", 16}, {"U16", 16}, {"F16", 16}, {"BF16", 16},
+	{"I32", 32}, {"U32", 32}, {"F32", 32},
+	{"C64", 64}, {"F64", 64}, {"I64", 64}, {"U64", 64},
 }
 
-func TestDTypeSize(t *testing.T) {
-	for _, d := range allDTypes {
-		got, ok := d.name.Size()
-		if !ok || got != d.size {
-			t.Errorf("%s.Size() = %d, %v; want %d, true", d.name, got, ok, d.size)
-		}
+func TestDTypeBitsAndSize(t *testing.T) {
+	if len(allDTypes) != 22 {
+		t.Fatalf("safetensors 0.8 has 22 dtypes, the table lists %d", len(allDTypes))
 	}
-	for _, d := range []DType{"", "F4", "F6_E2M3", "F6_E3M2", "f32", "F32 ", "F128", "C128", "bool"} {
+	for _, d := range allDTypes {
+		t.Run(string(d.name), func(t *testing.T) {
+			if got, ok := d.name.Bits(); !ok || got != d.bits {
+				t.Errorf("Bits() = %d, %v; want %d, true", got, ok, d.bits)
+			}
+			size, ok := d.name.Size()
+			if d.bits%8 == 0 {
+				if !ok || size != d.bits/8 {
+					t.Errorf("Size() = %d, %v; want %d, true", size, ok, d.bits/8)
+				}
+			} else if ok {
+				t.Errorf("Size() = %d, true for a sub-byte dtype", size)
+			}
+		})
+	}
+	for _, d := range []DType{"", "f32", "F32 ", "F128", "C128", "bool", "F8_E4M3FN", "F4_E2M1", "ALIEN_TYPE_128"} {
+		if got, ok := d.Bits(); ok {
+			t.Errorf("%q.Bits() = %d, true; want unknown", d, got)
+		}
 		if got, ok := d.Size(); ok {
 			t.Errorf("%q.Size() = %d, true; want unknown", d, got)
+		}
+	}
+}
+
+func TestDTypeByteLen(t *testing.T) {
+	tests := []struct {
+		dtype DType
+		count int64
+		want  int64
+		ok    bool
+	}{
+		{"F32", 0, 0, true},
+		{"F32", 6, 24, true},
+		{"C64", 3, 24, true},
+		{"BOOL", 3, 3, true},
+		// Two F4 values share a byte; an odd count ends mid-byte.
+		{"F4", 0, 0, true},
+		{"F4", 1, 0, false},
+		{"F4", 2, 1, true},
+		{"F4", 3, 0, false},
+		{"F4", 12, 6, true},
+		// Four F6 values fill three bytes.
+		{"F6_E2M3", 4, 3, true},
+		{"F6_E3M2", 8, 6, true},
+		{"F6_E2M3", 1, 0, false},
+		{"F6_E3M2", 2, 0, false},
+		{"F6_E2M3", 3, 0, false},
+		{"U64", math.MaxInt64 / 64, math.MaxInt64 / 64 * 8, true},
+		{"U64", math.MaxInt64/64 + 1, 0, false},
+		{"F4", -2, 0, false},
+		{"ALIEN", 1, 0, false},
+	}
+	for _, tc := range tests {
+		got, ok := tc.dtype.ByteLen(tc.count)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("%s.ByteLen(%d) = %d, %v; want %d, %v", tc.dtype, tc.count, got, ok, tc.want, tc.ok)
 		}
 	}
 }
@@ -55,10 +110,10 @@ func TestHeaderLen(t *testing.T) {
 		{"short file", prefix(1)[:3], 3, 0, "file is 3 bytes, shorter than the 8-byte header length"},
 		{"short prefix", prefix(1)[:5], 100, 0, "prefix is 5 bytes"},
 		{"zero length", prefix(0), 100, 0, "header length is 0"},
-		{"over limit", prefix(MaxHeaderLen + 1), 1 << 40, 0, "header length 104857601 exceeds the 100 MiB limit"},
-		{"top bit set", prefix(1 << 63), 1 << 40, 0, "exceeds the 100 MiB limit"},
-		{"max uint64", prefix(math.MaxUint64), 1 << 40, 0, "exceeds the 100 MiB limit"},
-		{"past end", prefix(100), 50, 0, "header length 100 runs past the end of the 50-byte file"},
+		{"over limit", prefix(MaxHeaderLen + 1), 1 << 40, 0, "header length 104857601 exceeds limit of 104857600 bytes (100 MiB)"},
+		{"top bit set", prefix(1 << 63), 1 << 40, 0, "exceeds limit"},
+		{"max uint64", prefix(math.MaxUint64), 1 << 40, 0, "exceeds limit"},
+		{"past end", prefix(100), 50, 0, "file is truncated: header length 100 runs past the end of the 50-byte file"},
 		{"past end by one", prefix(43), 50, 0, "runs past the end"},
 	}
 	for _, tc := range tests {
@@ -110,14 +165,15 @@ type wantTensor struct {
 }
 
 func TestParseValid(t *testing.T) {
-	// Every dtype, packed in declaration order, with a [2,3] shape.
+	// Every dtype, packed in declaration order, with a [2,4] shape: eight
+	// elements end on a byte boundary even at 4 and 6 bits.
 	var every []string
 	var everyWant []wantTensor
 	var off int64
 	for _, d := range allDTypes {
-		n := int64(6 * d.size)
-		every = append(every, ent("t_"+string(d.name), string(d.name), "[2,3]", off, off+n))
-		everyWant = append(everyWant, wantTensor{"t_" + string(d.name), d.name, []int64{2, 3}, off, off + n})
+		n := int64(8 * d.bits / 8)
+		every = append(every, ent("t_"+string(d.name), string(d.name), "[2,4]", off, off+n))
+		everyWant = append(everyWant, wantTensor{"t_" + string(d.name), d.name, []int64{2, 4}, off, off + n})
 		off += n
 	}
 
@@ -150,6 +206,33 @@ func TestParseValid(t *testing.T) {
 			header:  obj(every...),
 			dataLen: off,
 			want:    everyWant,
+		},
+		{
+			// safetensors.torch.save_file writes a torch [2,3]
+			// float4_e2m1fn_x2 tensor as F4 [2,6] in 6 bytes.
+			name:    "F4 as safetensors writes it",
+			header:  obj(ent("w", "F4", "[2,6]", 0, 6)),
+			dataLen: 6,
+			want:    []wantTensor{{"w", "F4", []int64{2, 6}, 0, 6}},
+		},
+		{
+			// An odd last dimension is fine for the format as long as
+			// the total ends on a byte boundary (torch is another matter).
+			name:    "F4 with an odd last dim but whole bytes",
+			header:  obj(ent("w", "F4", "[2,3]", 0, 3)),
+			dataLen: 3,
+			want:    []wantTensor{{"w", "F4", []int64{2, 3}, 0, 3}},
+		},
+		{
+			name:    "F6 among other tensors, zero-size F4",
+			header:  obj(ent("a", "F32", "[1]", 0, 4), ent("f6", "F6_E3M2", "[2,4]", 4, 10), ent("z", "F4", "[0,3]", 10, 10), ent("b", "U8", "[1]", 10, 11)),
+			dataLen: 11,
+			want: []wantTensor{
+				{"a", "F32", []int64{1}, 0, 4},
+				{"f6", "F6_E3M2", []int64{2, 4}, 4, 10},
+				{"z", "F4", []int64{0, 3}, 10, 10},
+				{"b", "U8", []int64{1}, 10, 11},
+			},
 		},
 		{
 			name:    "0-d tensor",
@@ -329,9 +412,9 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate field", `{"w":{"dtype":"F32","dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, 8, []string{`tensor "w"`, `duplicate field "dtype"`}},
 
 		// dtype.
-		{"unknown dtype F4", obj(ent("w", "F4", "[2]", 0, 1)), 1, []string{`tensor "w": unknown dtype "F4"`}},
-		{"unknown dtype F6", obj(ent("w", "F6_E2M3", "[2]", 0, 1)), 1, []string{`unknown dtype "F6_E2M3"`}},
-		{"lowercase dtype", obj(ent("w", "f32", "[2]", 0, 8)), 8, []string{`unknown dtype "f32"`}},
+		{"unknown dtype", obj(ent("w", "ALIEN_TYPE_128", "[1]", 0, 4)), 4, []string{`tensor "w": Unsupported dtype "ALIEN_TYPE_128"`}},
+		{"lowercase dtype", obj(ent("w", "f32", "[2]", 0, 8)), 8, []string{`Unsupported dtype "f32"`}},
+		{"torch name as dtype", obj(ent("w", "float4_e2m1fn_x2", "[2]", 0, 1)), 1, []string{`Unsupported dtype "float4_e2m1fn_x2"`}},
 		{"dtype not string", `{"w":{"dtype":4,"shape":[2],"data_offsets":[0,8]}}`, 8, []string{`tensor "w": dtype is a number, want a string`}},
 
 		// shape.
@@ -366,24 +449,32 @@ func TestParseErrors(t *testing.T) {
 		{"offsets reversed", obj(ent("w", "F32", "[2]", 8, 0)), 8, []string{`tensor "w": data_offsets [8, 0] begin after end`}},
 
 		// Size against dtype and shape.
-		{"size too small", obj(ent("w", "F32", "[2,3]", 0, 20)), 20, []string{`tensor "w"`, "F32 shape [2 3] needs 24 bytes", "span 20"}},
-		{"size too large", obj(ent("w", "BF16", "[4]", 0, 16)), 16, []string{`tensor "w"`, "needs 8 bytes", "span 16"}},
-		{"0-d wrong size", obj(ent("s", "F64", "[]", 0, 4)), 4, []string{`tensor "s"`, "needs 8 bytes"}},
-		{"zero-size with bytes", obj(ent("z", "F32", "[0]", 0, 4)), 4, []string{`tensor "z"`, "needs 0 bytes"}},
+		{"size too small", obj(ent("w", "F32", "[2,3]", 0, 20)), 20, []string{`tensor "w": Shape claims 24 bytes ([2, 3] x F32), but offsets reserve 20 bytes (data_offsets [0, 20])`}},
+		{"reference wording", obj(ent("test_tensor", "F32", "[10]", 0, 4)), 4, []string{"Shape claims 40 bytes ([10] x F32), but offsets reserve 4 bytes"}},
+		{"size too large", obj(ent("w", "BF16", "[4]", 0, 16)), 16, []string{`tensor "w"`, "Shape claims 8 bytes", "offsets reserve 16 bytes"}},
+		{"0-d wrong size", obj(ent("s", "F64", "[]", 0, 4)), 4, []string{`tensor "s"`, "Shape claims 8 bytes ([] x F64)"}},
+		{"zero-size with bytes", obj(ent("z", "F32", "[0]", 0, 4)), 4, []string{`tensor "z"`, "Shape claims 0 bytes"}},
+		{"F4 counted in bytes, not nibbles", obj(ent("w", "F4", "[2,6]", 0, 12)), 12, []string{"Shape claims 6 bytes ([2, 6] x F4), but offsets reserve 12 bytes"}},
+		{"F6 counted as 6 bits", obj(ent("w", "F6_E2M3", "[8]", 0, 8)), 8, []string{"Shape claims 6 bytes ([8] x F6_E2M3)"}},
+		{"F4 odd count", obj(ent("w", "F4", "[3]", 0, 2)), 2, []string{`tensor "w": shape [3] x F4 is 3 elements of 4 bits, 12 bits in all, which does not end on a byte boundary`}},
+		{"F4 scalar", obj(ent("w", "F4", "[]", 0, 0)), 0, []string{"1 elements of 4 bits", "byte boundary"}},
+		{"F6 three values", obj(ent("w", "F6_E3M2", "[3]", 0, 2)), 2, []string{"18 bits in all", "byte boundary"}},
+		{"F4 bits overflow", obj(ent("w", "F4", "[4611686018427387904]", 0, 0)), 0, []string{"more bytes than fit in int64"}},
 
 		// Layout.
 		{"gap at start", obj(ent("w", "F32", "[2]", 4, 12)), 12, []string{`first tensor "w" begins at byte 4`}},
 		{"gap between", obj(ent("a", "F32", "[1]", 0, 4), ent("b", "F32", "[1]", 8, 12)), 12, []string{`gap between tensor "a" (ends at 4) and tensor "b" (begins at 8)`}},
-		{"overlap", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 4, 12)), 12, []string{`tensor "b" [4,12) overlaps tensor "a" [0,8)`}},
-		{"identical ranges", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 0, 8)), 8, []string{`tensor "b" [0,8) overlaps tensor "a" [0,8)`}},
-		{"zero-size inside another", obj(ent("a", "F32", "[2]", 0, 8), ent("z", "F32", "[0]", 4, 4)), 8, []string{`tensor "z" [4,4) overlaps tensor "a" [0,8)`}},
+		{"overlap", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 4, 12)), 12, []string{`tensor "a" [0,8) overlaps with next tensor "b" [4,12)`}},
+		{"overlap, keys reversed", obj(ent("B", "U8", "[10]", 5, 15), ent("A", "U8", "[10]", 0, 10)), 15, []string{`tensor "A" [0,10) overlaps with next tensor "B" [5,15)`}},
+		{"identical ranges", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 0, 8)), 8, []string{`tensor "a" [0,8) overlaps with next tensor "b" [0,8)`}},
+		{"zero-size inside another", obj(ent("a", "F32", "[2]", 0, 8), ent("z", "F32", "[0]", 4, 4)), 8, []string{`tensor "a" [0,8) overlaps with next tensor "z" [4,4)`}},
 		{"zero-size past the end", obj(ent("a", "F32", "[2]", 0, 8), ent("z", "F32", "[0]", 12, 12)), 8, []string{`gap between tensor "a" (ends at 8) and tensor "z" (begins at 12)`}},
-		{"past the end", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 8, 16)), 12, []string{`tensor "b" ends at byte 16 of the data section but the file holds only 12 bytes`}},
-		{"truncated file", obj(ent("a", "F32", "[2]", 0, 8)), 0, []string{`tensor "a" ends at byte 8`, "holds only 0 bytes"}},
-		{"trailing data", obj(ent("a", "F32", "[2]", 0, 8)), 10, []string{`2 trailing bytes after the last tensor "a"`}},
-		{"no tensors but data", `{}`, 5, []string{"no tensors", "holds 5 bytes"}},
-		{"metadata only but data", `{"__metadata__":{}}`, 5, []string{"no tensors", "holds 5 bytes"}},
-		{"only zero-size but data", obj(ent("z", "F32", "[0]", 0, 0)), 3, []string{`3 trailing bytes after the last tensor "z"`}},
+		{"past the end", obj(ent("a", "F32", "[2]", 0, 8), ent("b", "F32", "[2]", 8, 16)), 12, []string{`file is truncated: tensor "b" ends at byte 16 of the data section but the file holds only 12 bytes`}},
+		{"truncated file", obj(ent("a", "F32", "[2]", 0, 8)), 0, []string{"truncated", `tensor "a" ends at byte 8`, "holds only 0 bytes"}},
+		{"trailing data", obj(ent("a", "F32", "[2]", 0, 8)), 10, []string{`2 extra trailing bytes after the last tensor "a"`}},
+		{"no tensors but data", `{}`, 5, []string{"no tensors", "holds 5 extra bytes"}},
+		{"metadata only but data", `{"__metadata__":{}}`, 5, []string{"no tensors", "holds 5 extra bytes"}},
+		{"only zero-size but data", obj(ent("z", "F32", "[0]", 0, 0)), 3, []string{`3 extra trailing bytes after the last tensor "z"`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -401,7 +492,7 @@ func TestParseErrors(t *testing.T) {
 
 func TestParseOversizedHeader(t *testing.T) {
 	_, err := Parse(make([]byte, MaxHeaderLen+1), 1<<40)
-	checkErr(t, err, "exceeds the 100 MiB limit")
+	checkErr(t, err, "exceeds limit")
 }
 
 // TestShapeCapped guards the shared dims slab: growing one tensor's shape
