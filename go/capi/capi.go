@@ -141,6 +141,68 @@ func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.i
 	return C.MS_OK
 }
 
+//export msgo_stream_open_ranges
+func msgo_stream_open_ranges(uris **C.char, nURIs C.int32_t, nRanges *C.int32_t, offsets, sizes *C.int64_t,
+	config *cConfig, handle *C.int64_t, errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if handle == nil || nURIs < 0 || (nURIs > 0 && (uris == nil || nRanges == nil)) {
+		setErr(errBuf, errLen, "ms_stream_open_ranges: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	paths := cStrings(uris, nURIs)
+	var counts []C.int32_t
+	if nURIs > 0 {
+		counts = unsafe.Slice(nRanges, int(nURIs))
+	}
+	var total int64
+	for i, n := range counts {
+		if n < 0 {
+			return fail(errBuf, errLen, fmt.Errorf("%w: %s: a negative number of ranges (%d)", stream.ErrInvalidRequest, paths[i], n))
+		}
+		total += int64(n)
+	}
+	if total > 0 && (offsets == nil || sizes == nil) {
+		setErr(errBuf, errLen, "ms_stream_open_ranges: invalid arguments (no offsets or sizes)")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	// Copied into Go memory: the caller's arrays are only borrowed for the call.
+	var offs, lens []C.int64_t
+	if total > 0 {
+		offs, lens = unsafe.Slice(offsets, total), unsafe.Slice(sizes, total)
+	}
+	reqs := make([]stream.RangeRequest, len(paths))
+	next := 0
+	for i, n := range counts {
+		r := stream.RangeRequest{URI: paths[i], Offsets: make([]int64, n), Sizes: make([]int64, n)}
+		for j := range int(n) {
+			r.Offsets[j], r.Sizes[j] = int64(offs[next]), int64(lens[next])
+			next++
+		}
+		reqs[i] = r
+	}
+	req, err := parseConfig(config)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	cfg := stream.DefaultConfig(req.registry())
+	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
+	s, err := stream.OpenRanges(context.Background(), cfg, reqs)
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	*handle = C.int64_t(register(s))
+	return C.MS_OK
+}
+
+// register gives s a handle.
+func register(s *stream.Stream) int64 {
+	handlesMu.Lock()
+	defer handlesMu.Unlock()
+	lastHandle++
+	handles[lastHandle] = &entry{s: s}
+	return lastHandle
+}
+
 type tensorJSON struct {
 	Name    string   `json:"name"`
 	DType   string   `json:"dtype"`
@@ -163,8 +225,10 @@ func filesJSON(files []stream.FileInfo) []byte {
 		Files []fileJSON `json:"files"`
 	}
 	for _, f := range files {
-		fj := fileJSON{URI: f.URI, DataOffset: f.Header.DataOffset, Size: f.Size, Strategy: f.Strategy,
-			Tensors: make([]tensorJSON, len(f.Tensors))}
+		fj := fileJSON{URI: f.URI, Size: f.Size, Strategy: f.Strategy, Tensors: make([]tensorJSON, len(f.Tensors))}
+		if f.Header != nil { // nil for byte ranges (ms_stream_open_ranges): offsets are absolute
+			fj.DataOffset = f.Header.DataOffset
+		}
 		for i, t := range f.Tensors {
 			shape := t.Shape
 			if shape == nil {

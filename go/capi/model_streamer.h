@@ -163,6 +163,24 @@ int ms_stream_close(int64_t handle);
  * read_mode are ignored). Errors as ms_stream_open's. */
 int ms_read_headers(const char *const *uris, int32_t n_uris, const ms_config *config,
                     char **out_json, char *err, size_t err_len);
+/* Opens a stream over explicit byte ranges of raw files (any contents: no
+ * header is read or parsed). n_ranges[i] ranges belong to uris[i]; offsets
+ * and sizes are flat arrays grouped by file in the order of uris (file 0's
+ * ranges, then file 1's, ...), sum(n_ranges) entries each. A range is
+ * [offset, offset + size); ranges need not be ordered and may overlap, and
+ * a size of 0 is a valid (empty) range. A negative offset or size, or a
+ * range ending past the end of its file, fails with MS_ERR_INVALID_ARGUMENT
+ * naming the file and the range; a memory limit below the largest range
+ * with MS_ERR_MEMORY_LIMIT. Every range is delivered by ms_stream_next as
+ * one ms_tensor: file_index indexes uris, tensor_index the range within its
+ * file. ms_stream_next, ms_release, ms_stream_stats, ms_stream_arena and
+ * ms_stream_close work on the handle as on one from ms_stream_open; its
+ * ms_stream_metadata lists each file's ranges in the caller's order as
+ * "tensors" with an empty name and dtype, no shape and absolute offsets. */
+int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t *n_ranges,
+                          const int64_t *offsets, const int64_t *sizes,
+                          const ms_config *config, int64_t *handle,
+                          char *err, size_t err_len);
 /* CDEF END */
 
 #ifdef __cplusplus

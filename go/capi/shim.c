@@ -89,3 +89,11 @@ int ms_read_headers(const char *const *uris, int32_t n_uris, const ms_config *co
     if (forked(err, err_len)) return MS_ERR_FORKED;
     return msgo_read_headers((char **)uris, n_uris, (ms_config *)config, out_json, err, err_len);
 }
+
+int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t *n_ranges,
+                          const int64_t *offsets, const int64_t *sizes, const ms_config *config,
+                          int64_t *handle, char *err, size_t err_len) {
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_stream_open_ranges((char **)uris, n_uris, (int32_t *)n_ranges, (int64_t *)offsets,
+                                   (int64_t *)sizes, (ms_config *)config, handle, err, err_len);
+}
