@@ -231,8 +231,11 @@ func (s Settings) Bool(key string, def bool) bool {
 	return def
 }
 
-// SettingPrefixes are the environment variable prefixes backends read.
-var SettingPrefixes = []string{"AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_"}
+// SettingPrefixes are the environment variable prefixes backends read
+// (CLOUD_STORAGE_ and API_ENDPOINT_OVERRIDE: the GCS emulator and endpoint
+// variables of google-cloud-cpp and the Python SDK).
+var SettingPrefixes = []string{"AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST",
+	"MODEL_STREAMER_", "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE"}
 
 // EnvSettings returns the variables of this process's environment whose
 // names start with one of SettingPrefixes.

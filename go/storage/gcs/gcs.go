@@ -18,32 +18,53 @@
 //   - RUNAI_STREAMER_GCS_CREDENTIAL_FILE: a credentials JSON file (a service
 //     account key, or any other type Application Default Credentials
 //     accepts: authorized_user, external_account, impersonated_service_account,
-//     ...). Takes precedence over everything below.
+//     ...). Takes precedence over GOOGLE_APPLICATION_CREDENTIALS.
 //   - GOOGLE_APPLICATION_CREDENTIALS: the same, as Application Default
 //     Credentials name it.
 //   - Neither set: the ADC chain (the gcloud well-known file, then the GCE/GKE
 //     metadata server). New fails with storage.PermissionDenied when the chain
 //     finds nothing.
+//   - RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS: "true" or "1" sends every
+//     request unauthenticated (public buckets), whatever else is set; no
+//     credentials are looked for.
 //
 // Credentials are requested with the read-only scope
 // (devstorage.read_only): the backend only reads and lists.
 //
-//   - MODEL_STREAMER_GCS_ENDPOINT: a full URL of the JSON API, e.g.
-//     http://127.0.0.1:4443/storage/v1/ (a URL with no path gets
-//     /storage/v1/). Reads go to the same host (XML API paths,
-//     /BUCKET/OBJECT). Without explicit credentials (the two file settings
-//     above) requests are sent unauthenticated, as an emulator
-//     (fake-gcs-server) wants; with them, authenticated (a private or
-//     regional endpoint). The ADC chain and the metadata server are never
-//     consulted when an endpoint is set.
-//   - STORAGE_EMULATOR_HOST: the SDK's own emulator convention, "HOST:PORT"
-//     (http assumed) or a URL whose path is replaced by /storage/v1/.
-//     Always unauthenticated. MODEL_STREAMER_GCS_ENDPOINT wins when both are
-//     set.
-//   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
+// The endpoint, first set wins (each names the root of the service; a URL
+// with no path gets /storage/v1/ for the JSON API, reads go to the same host
+// with XML API paths, /BUCKET/OBJECT):
+//
+//  1. MODEL_STREAMER_GCS_ENDPOINT: a full URL of the JSON API, e.g.
+//     http://127.0.0.1:4443/storage/v1/, of a private endpoint or an emulator.
+//     Authenticated with a credentials file (either of the two above) when
+//     one is set, unauthenticated otherwise; the ADC chain and the metadata
+//     server are never consulted.
+//
+//  2. CLOUD_STORAGE_EMULATOR_ENDPOINT, then its deprecated spelling
+//     CLOUD_STORAGE_TESTBENCH_ENDPOINT: google-cloud-cpp's emulator
+//     variables, which the reference's native reader honours, as a URL
+//     (http://127.0.0.1:4443; "https://storage.googleapis.com" reads public
+//     buckets of the real service anonymously). Unauthenticated, as
+//     google-cloud-cpp does for an emulator, unless
+//     RUNAI_STREAMER_GCS_CREDENTIAL_FILE names credentials explicitly
+//     (GOOGLE_APPLICATION_CREDENTIALS, an ADC variable, does not).
+//
+//  3. STORAGE_EMULATOR_HOST: the Go and Python SDKs' emulator convention,
+//     "HOST:PORT" (http assumed) or a URL whose path is replaced by
+//     /storage/v1/. Always unauthenticated.
+//
+//  4. API_ENDPOINT_OVERRIDE: the Python SDK's (experimental) replacement of
+//     https://storage.googleapis.com, a URL with scheme, e.g. a Private
+//     Service Connect endpoint. Authenticated like the default endpoint
+//     (credentials file, else the ADC chain), as the Python SDK does.
+//
+//  5. None: https://storage.googleapis.com, authenticated.
+//
+//     - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
 //     response header, no body byte) for this long is aborted as a stalled
 //     transfer (storage.Unavailable); default 30000, 0 disables.
-//   - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
+//     - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
 //     without its query, range, status, bytes, timings; no secret) to
 //     model-streamer-trace-<pid>.log in the working directory (package
 //     tracelog).
@@ -127,11 +148,15 @@ import (
 
 // Setting names read by New.
 const (
-	SettingCredentialFile = "RUNAI_STREAMER_GCS_CREDENTIAL_FILE"
-	SettingADCFile        = "GOOGLE_APPLICATION_CREDENTIALS"
-	SettingEndpoint       = "MODEL_STREAMER_GCS_ENDPOINT"
-	SettingEmulatorHost   = "STORAGE_EMULATOR_HOST"
-	SettingStallTimeoutMS = "MODEL_STREAMER_STALL_TIMEOUT_MS"
+	SettingCredentialFile      = "RUNAI_STREAMER_GCS_CREDENTIAL_FILE"
+	SettingADCFile             = "GOOGLE_APPLICATION_CREDENTIALS"
+	SettingAnonymous           = "RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS"
+	SettingEndpoint            = "MODEL_STREAMER_GCS_ENDPOINT"
+	SettingEmulatorEndpoint    = "CLOUD_STORAGE_EMULATOR_ENDPOINT"
+	SettingTestbenchEndpoint   = "CLOUD_STORAGE_TESTBENCH_ENDPOINT"
+	SettingEmulatorHost        = "STORAGE_EMULATOR_HOST"
+	SettingAPIEndpointOverride = "API_ENDPOINT_OVERRIDE"
+	SettingStallTimeoutMS      = "MODEL_STREAMER_STALL_TIMEOUT_MS"
 )
 
 // Defaults.
@@ -202,10 +227,11 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 		}
 		stall = time.Duration(ms) * time.Millisecond
 	}
-	endpoint, emulator, err := endpointSetting(s)
+	ep, err := endpointSetting(s)
 	if err != nil {
 		return nil, storage.InvalidArgument, err
 	}
+	endpoint := ep.url
 
 	trace, err := tracelog.FromSettings(s)
 	if err != nil {
@@ -217,10 +243,12 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	hc := &http.Client{Transport: &guardTransport{base: trace.Transport("gcs", newTransport(stall))}}
 	opts := []option.ClientOption{gcs.WithDisabledClientMetrics()}
 	credFile, credSetting := s.Get(SettingCredentialFile, ""), SettingCredentialFile
-	if credFile == "" {
+	if credFile == "" && ep.auth != authExplicitFile {
 		credFile, credSetting = s.Get(SettingADCFile, ""), SettingADCFile
 	}
 	switch {
+	case s.Bool(SettingAnonymous, false) || ep.auth == authNone:
+		opts = append(opts, option.WithoutAuthentication())
 	case credFile != "":
 		creds, err := fileCredentials(credFile)
 		if err != nil {
@@ -230,13 +258,13 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 			return nil, storage.Internal, err
 		}
 		opts = append(opts, option.WithAuthCredentials(creds))
-	case endpoint != "" || emulator:
+	case ep.auth != authDefault:
 		opts = append(opts, option.WithoutAuthentication())
 	default:
 		creds, err := credentials.DetectDefault(&credentials.DetectOptions{Scopes: []string{ReadOnlyScope}})
 		if err != nil {
-			return nil, storage.PermissionDenied, fmt.Errorf("no Google credentials: set %s or %s, or run where the metadata server provides them: %w",
-				SettingCredentialFile, SettingADCFile, err)
+			return nil, storage.PermissionDenied, fmt.Errorf("no Google credentials: set %s or %s, or %s=true for public buckets, or run where the metadata server provides them: %w",
+				SettingCredentialFile, SettingADCFile, SettingAnonymous, err)
 		}
 		if err := httptransport.AddAuthorizationMiddleware(hc, creds); err != nil {
 			return nil, storage.Internal, err
@@ -263,36 +291,95 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	return &backend{client: client, stall: stall}, storage.Unknown, nil
 }
 
-// endpointSetting returns the JSON API endpoint named by the settings ("" for
-// Google's) and whether it came from STORAGE_EMULATOR_HOST.
-func endpointSetting(s storage.Settings) (string, bool, error) {
-	if v := strings.TrimSpace(s.Get(SettingEndpoint, "")); v != "" {
-		u, err := url.Parse(v)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return "", false, fmt.Errorf("%s=%q: want an http:// or https:// URL", SettingEndpoint, v)
+// authMode is how requests to an endpoint authenticate when
+// RUNAI_STREAMER_GCS_USE_ANONYMOUS_CREDENTIALS does not say "none".
+type authMode int
+
+const (
+	// authDefault: a credentials file if either file setting names one,
+	// else the ADC chain.
+	authDefault authMode = iota
+	// authAnyFile: a credentials file if either file setting names one,
+	// else none.
+	authAnyFile
+	// authExplicitFile: RUNAI_STREAMER_GCS_CREDENTIAL_FILE if set, else
+	// none (google-cloud-cpp reads an emulator anonymously unless given
+	// credentials; it never consults ADC's variable then).
+	authExplicitFile
+	// authNone: always unauthenticated.
+	authNone
+)
+
+// serviceEndpoint is the JSON API URL the settings select ("" for Google's), the
+// setting that named it, and how requests to it authenticate.
+type serviceEndpoint struct {
+	url     string
+	setting string
+	auth    authMode
+}
+
+// endpointSetting returns the endpoint of the first setting set, in the
+// order of the package documentation.
+func endpointSetting(s storage.Settings) (serviceEndpoint, error) {
+	for _, c := range []struct {
+		setting string
+		auth    authMode
+	}{
+		{SettingEndpoint, authAnyFile},
+		{SettingEmulatorEndpoint, authExplicitFile},
+		{SettingTestbenchEndpoint, authExplicitFile},
+		{SettingEmulatorHost, authNone},
+		{SettingAPIEndpointOverride, authDefault},
+	} {
+		v := strings.TrimSpace(s.Get(c.setting, ""))
+		if v == "" {
+			continue
 		}
-		if u.Path == "" || u.Path == "/" {
-			u.Path = "/storage/v1/"
-		} else if !strings.HasSuffix(u.Path, "/") {
-			u.Path += "/"
+		var u string
+		var err error
+		if c.setting == SettingEmulatorHost {
+			u, err = emulatorHostURL(v)
+		} else {
+			u, err = serviceURL(v)
 		}
-		return u.String(), false, nil
+		if err != nil {
+			return serviceEndpoint{}, fmt.Errorf("%s=%q: %w", c.setting, v, err)
+		}
+		return serviceEndpoint{url: u, setting: c.setting, auth: c.auth}, nil
 	}
-	if v := strings.TrimSpace(s.Get(SettingEmulatorHost, "")); v != "" {
-		u := &url.URL{Scheme: "http", Host: v}
-		if strings.Contains(v, "://") {
-			p, err := url.Parse(v)
-			if err != nil || p.Host == "" {
-				return "", false, fmt.Errorf("%s=%q: want HOST:PORT or a URL", SettingEmulatorHost, v)
-			}
-			u = &url.URL{Scheme: p.Scheme, Host: p.Host}
-		} else if _, _, err := net.SplitHostPort(v); err != nil && strings.ContainsAny(v, "/?#@") {
-			return "", false, fmt.Errorf("%s=%q: want HOST:PORT or a URL", SettingEmulatorHost, v)
-		}
+	return serviceEndpoint{}, nil
+}
+
+// serviceURL is the JSON API URL of an http(s) URL naming the service's
+// root (a URL with no path gets /storage/v1/) or the JSON API itself.
+func serviceURL(v string) (string, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", errors.New("want an http:// or https:// URL")
+	}
+	if u.Path == "" || u.Path == "/" {
 		u.Path = "/storage/v1/"
-		return u.String(), true, nil
+	} else if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
 	}
-	return "", false, nil
+	return u.String(), nil
+}
+
+// emulatorHostURL is the JSON API URL of STORAGE_EMULATOR_HOST: HOST:PORT
+// (http) or a URL whose path is replaced.
+func emulatorHostURL(v string) (string, error) {
+	u := &url.URL{Scheme: "http", Host: v}
+	if strings.Contains(v, "://") {
+		p, err := url.Parse(v)
+		if err != nil || p.Host == "" {
+			return "", errors.New("want HOST:PORT or a URL")
+		}
+		u = &url.URL{Scheme: p.Scheme, Host: p.Host}
+	} else if _, _, err := net.SplitHostPort(v); err != nil && strings.ContainsAny(v, "/?#@") {
+		return "", errors.New("want HOST:PORT or a URL")
+	}
+	u.Path = "/storage/v1/"
+	return u.String(), nil
 }
 
 // fileCredentials loads a credentials JSON file of whichever type it
