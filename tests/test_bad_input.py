@@ -174,17 +174,17 @@ def test_file_truncated_after_open_fails_cleanly(tmp_path, set_env):
 
 
 def test_unsupported_dtype_for_torch(tmp_path):
-    """A dtype the format allows but torch cannot hold (F4, if the library
-    knows it) fails at stream_files, naming file and tensor; otherwise the
-    library rejects it as an unknown dtype. Either way: before any tensor."""
-    path = write_header_file(tmp_path / "f4.safetensors",
-                             {"fp4": _t("F4", [8], 0, 4), "ok": _t("F32", [1], 4, 8)},
-                             b"\x00" * 8)
+    """A dtype the format allows but torch cannot hold (F6_E2M3: torch has
+    no 6-bit float) fails at stream_files, naming file, tensor and dtype,
+    before any tensor. (tests/test_dtypes.py covers every dtype.)"""
+    path = write_header_file(tmp_path / "f6.safetensors",
+                             {"fp6": _t("F6_E2M3", [8], 0, 6), "ok": _t("F32", [1], 6, 10)},
+                             b"\x00" * 10)
     with SafetensorsStreamer() as s:
         with pytest.raises(RunaiStreamerInvalidInputException) as info:
             s.stream_file(str(path))
     msg = str(info.value)
-    assert str(path) in msg and "F4" in msg
+    assert str(path) in msg and "fp6" in msg and "F6_E2M3" in msg
 
 
 def test_dtype_this_torch_lacks(tmp_path, monkeypatch):

@@ -324,15 +324,9 @@ class SafetensorsStreamer:
             path = paths[index]
             tensors = []
             for t in entry.get("tensors", []):
-                m = SafetensorMetadata(t["name"], t, path=path)
+                m = SafetensorMetadata(t["name"], t, path=path)  # checks shape x dtype vs offsets
                 dtype = m.get_torch_dtype()  # raises for a dtype torch lacks
-                expected = m.get_item_count() * m.get_element_size()
-                if expected != m.get_bytesize():
-                    raise RunaiStreamerInvalidInputException(
-                        f"{path}: tensor {m.name!r}: shape {m.shape} x {m.dtype} is "
-                        f"{expected} bytes but its data_offsets [{m.offsets.start}, "
-                        f"{m.offsets.end}) span {m.get_bytesize()} (as torch.{dtype})"
-                    )
+                m.get_torch_shape()  # raises for a packed (F4) shape torch cannot hold
                 m._element_size = element_size(dtype)
                 tensors.append(m)
                 total += m.get_bytesize()
@@ -468,7 +462,7 @@ class SafetensorsStreamer:
         """A tensor over the bytes at addr. Returns (tensor, zero_copy): when
         zero_copy is False the token has already been released."""
         dtype = meta._torch_dtype
-        shape = meta.shape
+        shape = meta._torch_shape  # the header's, but F4's last dim counts byte pairs
         if nbytes != meta.get_bytesize():
             _native.release(token)
             raise RunaiStreamerError(
