@@ -366,7 +366,13 @@ def _has_field(ffi: cffi.FFI, struct: str, field: str) -> bool:
 
 
 class Stream:
-    """One native stream (a handle from ms_stream_open)."""
+    """One native stream (a handle from ms_stream_open).
+
+    With ``ranges`` (one ``(offsets, sizes)`` pair of int sequences per uri)
+    the stream reads those byte ranges of the files as they are, parsing no
+    header (ms_stream_open_ranges): next_batch then reports (file index,
+    range index, ...) and ``names`` must be None.
+    """
 
     def __init__(
         self,
@@ -379,6 +385,7 @@ class Stream:
         read_mode: int = 0,
         settings: Optional[Sequence[str]] = None,
         batch: int = DEFAULT_BATCH,
+        ranges: Optional[Sequence[Tuple[Sequence[int], Sequence[int]]]] = None,
     ) -> None:
         self.handle: Optional[int] = None
         ffi, lib = load()
@@ -422,13 +429,51 @@ class Stream:
             config.n_settings = len(settings)
         handle = ffi.new("int64_t *")
         err = ffi.new("char[]", ERR_BUF_LEN)
-        rc = lib.ms_stream_open(
-            c_uris, len(self.uris), c_names, n_names, config, handle, err, ERR_BUF_LEN
-        )
+        if ranges is None:
+            rc = lib.ms_stream_open(
+                c_uris, len(self.uris), c_names, n_names, config, handle, err, ERR_BUF_LEN
+            )
+        else:
+            rc = self._open_ranges(ffi, lib, c_uris, ranges, names, config, handle, err)
         del keep
         if rc != MS_OK:
             raise error_for(rc, _message(ffi, err))
         self.handle = int(handle[0])
+
+    def _open_ranges(self, ffi: cffi.FFI, lib: Any, c_uris: Any,
+                     ranges: Sequence[Tuple[Sequence[int], Sequence[int]]],
+                     names: Optional[Sequence[str]], config: Any, handle: Any, err: Any) -> int:
+        fn = _function(lib, "ms_stream_open_ranges")
+        if fn is None:
+            raise RunaiStreamerInvalidInputException(
+                "this model-streamer library cannot stream byte ranges (no ms_stream_open_ranges)"
+            )
+        if names is not None:
+            raise RunaiStreamerInvalidInputException("tensor names do not apply to byte ranges")
+        ranges = list(ranges)
+        if len(ranges) != len(self.uris):
+            raise RunaiStreamerInvalidInputException(
+                f"{len(ranges)} range lists for {len(self.uris)} files"
+            )
+        counts, offsets, sizes = [], [], []
+        for uri, (offs, lens) in zip(self.uris, ranges):
+            if len(offs) != len(lens):
+                raise RunaiStreamerInvalidInputException(
+                    f"{uri}: {len(offs)} offsets but {len(lens)} sizes (they are parallel lists)"
+                )
+            counts.append(len(offs))
+            offsets.extend(offs)
+            sizes.extend(lens)
+        try:
+            c_counts = ffi.new("int32_t[]", counts or [0])
+            c_offsets = ffi.new("int64_t[]", offsets or [0])
+            c_sizes = ffi.new("int64_t[]", sizes or [0])
+        except (TypeError, OverflowError) as e:
+            raise RunaiStreamerInvalidInputException(
+                f"byte ranges must be integers that fit in 64 bits: {e}"
+            ) from None
+        return fn(c_uris, len(self.uris), c_counts, c_offsets, c_sizes, config, handle,
+                  err, ERR_BUF_LEN)
 
     # -- helpers ---------------------------------------------------------
     def _check(self) -> None:
