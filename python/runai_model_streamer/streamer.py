@@ -34,6 +34,18 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"  # pragma: no cover
 
 
+def _rank() -> int:
+    """This process's torch.distributed rank, 0 when it is not initialised."""
+    try:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except Exception:
+        pass
+    return 0
+
+
 def _parse_device(device: Any) -> torch.device:
     if device is None:
         return torch.device("cpu")
@@ -490,6 +502,18 @@ class SafetensorsStreamer:
     def _log_throughput(self) -> None:
         if self.start_time is None:
             return
+        try:
+            # Once per load, naming the rank: in a distributed load every
+            # rank has a buffer of its own and logs this line.
+            arena = self.stats().get("arena_bytes")
+            if arena is not None:
+                logger.info(
+                    f"[model-streamer] Rank {_rank()}: CPU buffer {format_bytes(arena)} for "
+                    f"{format_bytes(self.total_size)} in {len(self.files_to_tensors_metadata)} "
+                    "file(s)"
+                )
+        except Exception:  # a log line must never break a load
+            pass
         try:
             elapsed = timer() - self.start_time
             rate = self.total_size / elapsed if elapsed > 0 else 0.0
