@@ -16,8 +16,9 @@ torch.distributed initialised:
    its error (class and message) in a second all_gather, and every process
    raises it, naming the process that failed. Otherwise, for each process
    with something to offer, in rank order, the owner broadcasts its offer: the
-   tensors under 1 MiB packed into one flat uint8 buffer (64-byte aligned
-   slots), each larger one alone, straight from its own memory. Everyone
+   tensors under 1 MiB packed into one flat uint8 buffer (slots aligned to
+   RUNAI_STREAMER_CUDA_ALIGNMENT, default 512 bytes), each larger one alone,
+   straight from its own memory. Everyone
    slices what it received and yields the tensors. Every process yields every
    tensor.
 
@@ -30,8 +31,11 @@ default 600) and reused by later requests; the default group is used only to
 learn the hostnames, never for the exchange itself.
 
 Staging: one send and one receive buffer per process on the requested device,
-each max(largest tensor, RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE (32 MiB)),
-capped at the request's size: about twice the largest tensor. owned=True: each
+each max(largest tensor, RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE (32 MiB; 0 or
+less: just the largest tensor)), capped at the request's size: about twice the
+largest tensor. Each staging buffer starts at an address that is a multiple of
+RUNAI_STREAMER_CUDA_ALIGNMENT (0 to 1 MiB, default 512) and so does every
+tensor packed in it, on every process (see DistSettings.slot_align). owned=True: each
 yielded tensor is the caller's own (cloned out of staging, or received straight
 into its own memory when it travels alone); owned=False: tensors are views into
 staging (or the library's buffer), valid until the iteration advances.
@@ -48,6 +52,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import os
 import socket
 import struct
@@ -86,10 +91,19 @@ DIST_GLOBAL_ENV = "RUNAI_STREAMER_DIST_GLOBAL"
 DIST_TIMEOUT_ENV = "RUNAI_STREAMER_DIST_TIMEOUT"
 DIST_BUFFER_MIN_ENV = "RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE"
 DIST_NODE_ENV = "RUNAI_STREAMER_DIST_NODE"
+CUDA_ALIGNMENT_ENV = "RUNAI_STREAMER_CUDA_ALIGNMENT"
 
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_BUFFER_MIN = 32 << 20
-SLOT_ALIGN = 64  # alignment of each tensor inside a packed buffer
+# RUNAI_STREAMER_CUDA_ALIGNMENT: the alignment, in bytes, of every tensor
+# packed in a staging buffer (and of the buffers themselves), with the
+# reference's default and range.
+DEFAULT_ALIGNMENT = 512
+MAX_ALIGNMENT = 1 << 20
+# Packed tensors are torch views of the buffer, which need offsets that are
+# multiples of their element size (8 bytes at most; 16 leaves room): slots
+# are aligned to a multiple of this too, even with an alignment of 0 or 1.
+DTYPE_ALIGN = 16
 # Tensors of at least this size travel alone, straight from (and, owned=True,
 # into) their own memory: no packing copy, no clone.
 SOLO_BYTES = 1 << 20
@@ -164,6 +178,14 @@ class DistSettings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     buffer_min: int = DEFAULT_BUFFER_MIN
     node: Optional[str] = None
+    alignment: int = DEFAULT_ALIGNMENT
+
+    @property
+    def slot_align(self) -> int:
+        """The alignment of packed tensors: RUNAI_STREAMER_CUDA_ALIGNMENT (0
+        and 1 mean none), made a multiple of DTYPE_ALIGN so that a packed
+        tensor stays a view of the buffer whatever its dtype."""
+        return math.lcm(max(1, self.alignment), DTYPE_ALIGN)
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "DistSettings":
@@ -196,12 +218,18 @@ class DistSettings:
         buffer_min = DEFAULT_BUFFER_MIN
         raw = env.get(DIST_BUFFER_MIN_ENV, "").strip()
         if raw:
-            buffer_min = parse_size(raw, DIST_BUFFER_MIN_ENV)
-            if buffer_min < 1:
-                raise RunaiStreamerInvalidInputException(
-                    f"{DIST_BUFFER_MIN_ENV}={raw!r}: must be a positive number of bytes")
+            # Any integer, as the reference: the buffers are max(this, the
+            # largest tensor), so 0 (or less) means just the largest tensor.
+            buffer_min = max(0, parse_size(raw, DIST_BUFFER_MIN_ENV))
         node = env.get(DIST_NODE_ENV, "").strip() or None
-        return cls(mode, global_mode, timeout, buffer_min, node)
+        alignment = DEFAULT_ALIGNMENT
+        raw = env.get(CUDA_ALIGNMENT_ENV, "").strip()
+        if raw:
+            alignment = parse_size(raw, CUDA_ALIGNMENT_ENV)
+            if not 0 <= alignment <= MAX_ALIGNMENT:
+                raise RunaiStreamerInvalidInputException(
+                    f"{CUDA_ALIGNMENT_ENV}={raw!r}: must be between 0 and {MAX_ALIGNMENT} bytes")
+        return cls(mode, global_mode, timeout, buffer_min, node, alignment)
 
 
 def backend_for(device_type: str, backend: Optional[str] = None) -> Optional[str]:
@@ -497,12 +525,17 @@ def partition(spans: Sequence[Tuple[int, int, int]], n: int,
     return owners
 
 
-def slot_layout(sizes: Sequence[int]) -> Tuple[List[int], int]:
-    """Offsets of tensors packed in one buffer (64-byte aligned) and its size."""
+def _align_up(pos: int, align: int) -> int:
+    return (pos + align - 1) // align * align
+
+
+def slot_layout(sizes: Sequence[int], align: int = DEFAULT_ALIGNMENT) -> Tuple[List[int], int]:
+    """Offsets of tensors packed in one buffer (each a multiple of align) and
+    its size."""
     offsets = []
     pos = 0
     for nb in sizes:
-        pos = (pos + SLOT_ALIGN - 1) // SLOT_ALIGN * SLOT_ALIGN
+        pos = _align_up(pos, align)
         offsets.append(pos)
         pos += nb
     return offsets, pos
@@ -513,7 +546,7 @@ def slot_layout(sizes: Sequence[int]) -> Tuple[List[int], int]:
 # ---------------------------------------------------------------------------
 
 def _fingerprint(paths: Sequence[str], names: Optional[Sequence[str]], metas: Mapping[int, Any],
-                 device: torch.device, batch: int, max_ids: int) -> List[int]:
+                 device: torch.device, batch: int, max_ids: int, align: int) -> List[int]:
     doc = json.dumps({
         "paths": list(paths),
         "names": None if names is None else sorted(names),
@@ -522,6 +555,7 @@ def _fingerprint(paths: Sequence[str], names: Optional[Sequence[str]], metas: Ma
         "device": device.type,
         "batch": batch,
         "ids": max_ids,
+        "align": align,
     }, sort_keys=True).encode("utf-8")
     digest = hashlib.sha256(doc).digest()
     return [int.from_bytes(digest[i:i + 8], "little", signed=True) for i in range(0, 32, 8)]
@@ -568,7 +602,8 @@ def open_stream(paths: List[str], names: Optional[List[str]], device: torch.devi
         meta = select_tensors(read_headers(paths, config, settings), names)
         metas = validate(meta)
         plan = _Plan(metas, n, ds)
-        fp = _fingerprint(paths, names, metas, device, plan.batch_bytes, plan.max_ids)
+        fp = _fingerprint(paths, names, metas, device, plan.batch_bytes, plan.max_ids,
+                          plan.align)
         local_reason = _local_fallback(plan, device)
         if local_reason is None:
             mine = [plan.tensors[g].name for g in range(len(plan.tensors))
@@ -640,7 +675,8 @@ def _agree(entry: _Group, me: int, device: torch.device, failure: Optional[BaseE
     if differ:
         raise RunaiStreamerInvalidInputException(
             f"{LOG_PREFIX}: the processes of the group (ranks {entry.ranks}) asked for different "
-            f"things (paths, tensor_names, device type or {DIST_BUFFER_MIN_ENV} differ; ranks "
+            f"things (paths, tensor_names, device type, {DIST_BUFFER_MIN_ENV} or "
+            f"{CUDA_ALIGNMENT_ENV} differ; ranks "
             f"{differ} differ from rank {entry.ranks[0]}); every process must make the same request")
     return True
 
@@ -721,8 +757,9 @@ class _Plan:
         spans = [(file_of[g], m.offsets.start, m.offsets.end) for g, m in enumerate(self.tensors)]
         self.owners = partition(spans, n)
         self.sizes = [m.get_bytesize() for m in self.tensors]
+        self.align = ds.slot_align  # of packed tensors and staging buffers
         largest = max(self.sizes, default=0)
-        total = slot_layout([s for s in self.sizes if s > 0])[1]
+        total = slot_layout([s for s in self.sizes if s > 0], self.align)[1]
         self.batch_bytes = max(1, largest, min(ds.buffer_min, total))
         counts = [0] * n
         self.loads = [0] * n
@@ -862,7 +899,7 @@ class DistributedStream:
         pos = 0
         while pending and len(items) < max_ids:
             fi, ti, addr, nbytes, token = pending[0]
-            start = (pos + SLOT_ALIGN - 1) // SLOT_ALIGN * SLOT_ALIGN if items else 0
+            start = _align_up(pos, plan.align) if items else 0
             if items and start + nbytes > budget:
                 break
             pending.popleft()
@@ -881,8 +918,13 @@ class DistributedStream:
     def _staging(self, which: str, size: int) -> torch.Tensor:
         buf = self._send if which == "send" else self._recv
         if buf is None or buf.numel() < size:
-            buf = torch.empty(max(size, self.plan.batch_bytes), dtype=torch.uint8,
-                              device=self.device)
+            n = max(size, self.plan.batch_bytes)
+            align = self.plan.align
+            # Over-allocated, then sliced to an aligned start: the slots'
+            # offsets are then aligned addresses on every process.
+            raw = torch.empty(n + align - 1, dtype=torch.uint8, device=self.device)
+            start = (-raw.data_ptr()) % align
+            buf = raw[start:start + n]
             if which == "send":
                 self._send = buf
             else:
@@ -1001,7 +1043,7 @@ class DistributedStream:
                     ) -> Iterator[Tuple[str, torch.Tensor]]:
         plan = self.plan
         sizes = [plan.sizes[g] for g, *_ in items]
-        offsets, total = slot_layout(sizes)
+        offsets, total = slot_layout(sizes, plan.align)
         single = len(items) == 1
         if self.device.type == "cpu":
             if single:
@@ -1041,14 +1083,14 @@ class DistributedStream:
         derives the same from the ids."""
         sizes = self.plan.sizes
         small = [g for g in gids if sizes[g] < SOLO_BYTES]
-        out = [(small, slot_layout([sizes[g] for g in small])[1])] if small else []
+        out = [(small, slot_layout([sizes[g] for g in small], self.plan.align)[1])] if small else []
         out.extend(([g], sizes[g]) for g in gids if sizes[g] >= SOLO_BYTES)
         return out
 
     def _receive_batch(self, src: int, gids: List[int], total: int
                        ) -> Iterator[Tuple[str, torch.Tensor]]:
         plan = self.plan
-        offsets = slot_layout([plan.sizes[g] for g in gids])[0]
+        offsets = slot_layout([plan.sizes[g] for g in gids], plan.align)[0]
         single = len(gids) == 1
         if single and self.owned:
             buf = torch.empty(total, dtype=torch.uint8, device=self.device)

@@ -18,7 +18,9 @@ A scenario: {"name", "paths", "env": {...}, "rank_env": {rank: {...}},
 {rank: [...]}, "inject": {"rank": r, "kind": "read_error"|"exit"|"sleep"|
 "close_early"|"no_memory", "after": k, "seconds": s},
 "truncate_after_open": {"path": p, "size": n} (rank 0 truncates a file once
-every rank has opened its share), "init_world1": false, "caller_collectives":
+every rank has opened its share), "record_ptrs": false (the result gets each
+tensor's data_ptr, "ptrs", its owner's index in the group, "owners", and the
+slot alignment, "align"), "init_world1": false, "caller_collectives":
 false (the caller runs all_reduces of its own, on the default group and on a
 group it created, before, during (every 5 tensors) and after the streaming;
 their sums go to the result's "collectives")}.
@@ -164,6 +166,8 @@ def run_scenario(sc, rank):
                         result.setdefault("duplicates", []).append(name)
                     result["digests"][name] = digest(tensor)
                     result.setdefault("devices", {})[str(tensor.device)] = 1
+                    if sc.get("record_ptrs"):
+                        result.setdefault("ptrs", {})[name] = tensor.data_ptr()
                     if owned:
                         kept[name] = tensor
                     count += 1
@@ -181,6 +185,10 @@ def run_scenario(sc, rank):
                 result["bytes_sent"] = dstream.bytes_sent
                 result["bytes_received"] = dstream.bytes_received
                 result["group"] = list(dstream.entry.ranks)
+                if sc.get("record_ptrs"):
+                    plan = dstream.plan
+                    result["owners"] = {m.name: plan.owners[g] for g, m in enumerate(plan.tensors)}
+                    result["align"] = plan.align
         # owned=True: the tensors are the caller's, after the loop and close().
         result["kept_ok"] = all(digest(t) == result["digests"][n] for n, t in kept.items())
     except BaseException as e:  # noqa: BLE001 - reported to the test

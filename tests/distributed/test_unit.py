@@ -48,7 +48,6 @@ def test_settings_values():
     {"RUNAI_STREAMER_DIST_GLOBAL": "2"},
     {"RUNAI_STREAMER_DIST_TIMEOUT": "0"},
     {"RUNAI_STREAMER_DIST_TIMEOUT": "soon"},
-    {"RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE": "0"},
 ])
 def test_settings_rejected(env):
     with pytest.raises(RunaiStreamerInvalidInputException):
@@ -168,7 +167,7 @@ def test_partition_more_ranks_than_tensors_and_one_huge():
 
 
 def test_slot_layout_aligns_every_tensor():
-    offsets, total = slot_layout([3, 64, 1, 0, 100])
+    offsets, total = slot_layout([3, 64, 1, 0, 100], 64)
     assert offsets == [0, 64, 128, 192, 192]
     assert total == 292
     assert slot_layout([]) == ([], 0)
