@@ -150,10 +150,17 @@ class StreamerConfig:
 
 # Environment variables handed to the storage backends (the native library
 # never reads the environment itself), as go/storage.SettingPrefixes.
+# CLOUD_STORAGE_ (CLOUD_STORAGE_EMULATOR_ENDPOINT, ..._TESTBENCH_ENDPOINT)
+# and API_ENDPOINT_OVERRIDE are the GCS endpoint variables of google-cloud-cpp
+# and of the Python SDK, which the reference honours.
 SETTING_PREFIXES = ("AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_",
-                    "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_")
+                    "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_", "CLOUD_STORAGE_",
+                    "API_ENDPOINT_OVERRIDE")
 
 NO_BOTO3_SESSION_ENV = "RUNAI_STREAMER_NO_BOTO3_SESSION"
+S3_UNSIGNED_ENV = "RUNAI_STREAMER_S3_UNSIGNED"
+# The values the library reads as true (go/storage.Settings.Bool).
+_TRUE = ("1", "true", "yes", "on")
 
 # S3Credentials attribute -> the setting it overrides.
 CREDENTIAL_SETTINGS = (
@@ -169,6 +176,13 @@ def use_boto3_session(env: Optional[Mapping[str, str]] = None) -> bool:
     """RUNAI_STREAMER_NO_BOTO3_SESSION unset or "0" (the documented default)."""
     env = os.environ if env is None else env
     return env.get(NO_BOTO3_SESSION_ENV, "").strip() in ("", "0")
+
+
+def s3_unsigned(env: Optional[Mapping[str, str]] = None) -> bool:
+    """RUNAI_STREAMER_S3_UNSIGNED=1 (or true): anonymous, unsigned S3
+    requests; no credentials are resolved at all."""
+    env = os.environ if env is None else env
+    return env.get(S3_UNSIGNED_ENV, "").strip().lower() in _TRUE
 
 
 def boto3_settings(env: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -221,10 +235,12 @@ def backend_settings(env: Optional[Mapping[str, str]] = None,
        secret_access_key -> AWS_SECRET_ACCESS_KEY, session_token ->
        AWS_SESSION_TOKEN, region_name -> AWS_REGION, endpoint ->
        AWS_ENDPOINT_URL);
-    2. for s3:// only, when no explicit keys are given and
-       RUNAI_STREAMER_NO_BOTO3_SESSION is unset or "0": the credentials a
-       boto3 session resolves (if boto3 is installed), plus its region and
-       CA bundle where the environment names none;
+    2. for s3:// only, when no explicit keys are given,
+       RUNAI_STREAMER_NO_BOTO3_SESSION is unset or "0" and
+       RUNAI_STREAMER_S3_UNSIGNED is not set (unsigned requests need no
+       credentials, so no session is created): the credentials a boto3
+       session resolves (if boto3 is installed), plus its region and CA
+       bundle where the environment names none;
     3. every variable of the environment (read now) whose name starts with
        one of SETTING_PREFIXES.
     """
@@ -237,7 +253,8 @@ def backend_settings(env: Optional[Mapping[str, str]] = None,
             if value:
                 explicit[name] = str(value)
 
-    if scheme == "s3" and "AWS_ACCESS_KEY_ID" not in explicit and use_boto3_session(env):
+    if (scheme == "s3" and "AWS_ACCESS_KEY_ID" not in explicit and use_boto3_session(env)
+            and not s3_unsigned(env)):
         resolved = boto3_settings(env)
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             if name in resolved:

@@ -27,7 +27,8 @@ install command), or raise ServerNotInstalled when
 MODEL_STREAMER_REQUIRE_SERVERS=1 (as CI sets) or pytest is not importable.
 
 The module also has minimal clients for setting up test data without SDKs:
-minio_create_bucket / minio_put_object (AWS SigV4), gcs_create_bucket /
+minio_create_bucket / minio_put_object / minio_set_bucket_policy /
+minio_allow_anonymous_read (AWS SigV4), gcs_create_bucket /
 gcs_put_object, azurite_create_container / azurite_put_blob (Shared Key).
 """
 
@@ -62,6 +63,8 @@ __all__ = [
     "start_azurite",
     "minio_create_bucket",
     "minio_put_object",
+    "minio_set_bucket_policy",
+    "minio_allow_anonymous_read",
     "gcs_create_bucket",
     "gcs_put_object",
     "azurite_create_container",
@@ -443,6 +446,29 @@ def minio_put_object(server: dict, bucket: str, key: str, data: bytes) -> str:
                        server["access_key"], server["secret_key"], server["region"])
     _request("PUT", url, data, h, (200,))
     return f"s3://{bucket}/{key}"
+
+
+def minio_set_bucket_policy(server: dict, bucket: str, policy: str) -> None:
+    """Set bucket's access policy (a JSON policy document, PutBucketPolicy)
+    on a start_minio server."""
+    url = server["endpoint"] + _key_path(bucket) + "?policy="
+    body = policy.encode()
+    h = _sigv4_headers("PUT", url, body, {}, server["access_key"], server["secret_key"],
+                       server["region"])
+    _request("PUT", url, body, h, (204,))
+
+
+def minio_allow_anonymous_read(server: dict, bucket: str) -> None:
+    """Let requests without credentials read bucket's objects and list it
+    (the policy `mc anonymous set download` sets)."""
+    arn = f"arn:aws:s3:::{bucket}"
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": ["*"]},
+         "Action": ["s3:GetBucketLocation", "s3:ListBucket"], "Resource": [arn]},
+        {"Effect": "Allow", "Principal": {"AWS": ["*"]},
+         "Action": ["s3:GetObject"], "Resource": [arn + "/*"]},
+    ]}
+    minio_set_bucket_policy(server, bucket, json.dumps(policy))
 
 
 # ---------------------------------------------------------------------------

@@ -87,7 +87,8 @@ def test_environment_settings_by_prefix():
     got = settings_dict(config.backend_settings(ENV))
     assert got == {k: v for k, v in ENV.items() if k not in ("HOME", "PATH", "XAWS_NOT")}
     assert config.SETTING_PREFIXES == ("AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_",
-                                       "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_")
+                                       "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_",
+                                       "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE")
 
 
 def test_settings_prefixes_match_the_go_library():
