@@ -23,7 +23,12 @@ from conftest import assert_matches, describe, reference_all
 
 @pytest.mark.parametrize("module, names", [
     ("runai_model_streamer", ["SafetensorsStreamer", "ObjectStorageModel", "list_safetensors",
-                              "pull_files"]),
+                              "pull_files", "FileStreamer", "FileChunks"]),
+    ("runai_model_streamer.file_streamer", ["FileStreamer", "FileChunks"]),
+    ("runai_model_streamer.file_streamer.file_streamer", ["FileStreamer", "FileChunks",
+                                                           "RunaiStreamerInvalidInputException"]),
+    ("runai_model_streamer.file_streamer.requests_iterator",
+     ["FileChunks", "RunaiStreamerMemoryLimitException"]),
     ("runai_model_streamer.safetensors_streamer.safetensors_streamer",
      ["SafetensorsStreamer", "ObjectStorageModel", "list_safetensors", "pull_files",
       "S3Credentials", "SAFETENSORS_PATTERN", "s3_glob", "s3_pull_files", "gcs_glob",

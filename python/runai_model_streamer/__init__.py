@@ -26,6 +26,7 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerMemoryLimitException,
     RunaiStreamerPermissionError,
 )
+from runai_model_streamer.file_streamer import FileChunks, FileStreamer
 from runai_model_streamer.files import S3Credentials
 from runai_model_streamer.metadata import SafetensorMetadata
 from runai_model_streamer.streamer import SafetensorsStreamer
@@ -41,6 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SafetensorsStreamer",
+    "FileStreamer",
+    "FileChunks",
     "SafetensorMetadata",
     "ObjectStorageModel",
     "S3Credentials",

@@ -961,7 +961,7 @@ class DistributedStream:
             for g in plan.empties:
                 m = plan.tensors[g]
                 self._count()
-                yield m.name, torch.empty(m.shape, dtype=m.get_torch_dtype(), device=self.device)
+                yield m.name, torch.empty(m.get_torch_shape(), dtype=m.get_torch_dtype(), device=self.device)
             if all(r < 0 for r in plan.owners):  # nothing to read: no rounds
                 self._state = "done"
                 return
@@ -1106,7 +1106,7 @@ class DistributedStream:
         clone = self.owned and not single
         for g, off in zip(gids, offsets):
             m = plan.tensors[g]
-            t = buf[off:off + plan.sizes[g]].view(m.get_torch_dtype()).view(m.shape)
+            t = buf[off:off + plan.sizes[g]].view(m.get_torch_dtype()).view(m.get_torch_shape())
             yield m.name, (t.clone() if clone else t)
 
     def _count(self) -> None:
