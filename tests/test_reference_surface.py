@@ -300,3 +300,16 @@ def test_patcher_missing_object_names_the_local_file(mock_bucket):
         with pytest.raises(FileNotFoundError, match="nope.safetensors"):
             streamer.stream_file("s3://b/models/tiny/nope.safetensors")
             list(streamer.get_tensors())
+
+
+@pytest.mark.parametrize("paths, expected", [
+    ([], True),
+    (["/a", "relative/b", "file:///c"], True),
+    (["s3://b/k1", "s3://b/k2"], True),
+    (["s3://b/k", "gs://b/k"], False),
+    (["/local", "az://c/k"], False),
+])
+def test_homogeneous_paths(paths, expected):
+    from runai_model_streamer.file_streamer.file_streamer import homogeneous_paths
+
+    assert homogeneous_paths(paths) is expected

@@ -43,6 +43,12 @@ def host_or_device(device: Optional[Union[str, int, torch.device]]) -> str:
     return "cpu" if parsed.type == "cpu" else str(parsed)
 
 
+def homogeneous_paths(paths: Sequence[str]) -> bool:
+    """Whether every path is of one source type: all local, or all of one
+    object storage scheme (an empty list is)."""
+    return len({uri_scheme(os.fspath(p)) for p in paths}) <= 1
+
+
 def _memory_limit(memory_limit: Optional[int], config: StreamerConfig) -> int:
     if memory_limit is None:
         return config.memory_limit
@@ -226,7 +232,7 @@ class FileStreamer:
         requests = self._check_requests(file_stream_requests)
         paths = [path for _, path in requests]
         schemes = {uri_scheme(p) for p in paths}
-        if len(schemes) > 1:
+        if not homogeneous_paths(paths):
             raise RunaiStreamerInvalidInputException(
                 f"{MIXED_SOURCES_MESSAGE}: {sorted(schemes)}"
             )
