@@ -11,7 +11,9 @@
 // Where the account is:
 //
 //   - AZURE_STORAGE_ACCOUNT_NAME (alias AZURE_STORAGE_ACCOUNT): the storage
-//     account; the endpoint is then https://<account>.blob.core.windows.net/.
+//     account; the endpoint is then https://<account>.<suffix>/, the suffix
+//     being AZURE_STORAGE_ENDPOINT_SUFFIX (default blob.core.windows.net;
+//     blob.core.chinacloudapi.cn, say, for a sovereign cloud).
 //   - AZURE_STORAGE_ENDPOINT: the blob service URL, for private endpoints,
 //     sovereign clouds or an emulator ("https://myaccount.privatelink.blob.core.windows.net",
 //     "http://127.0.0.1:10000/devstoreaccount1"). It wins over the account
@@ -127,6 +129,7 @@ const Scheme = "az"
 const (
 	SettingAccountName      = "AZURE_STORAGE_ACCOUNT_NAME"
 	SettingEndpoint         = "AZURE_STORAGE_ENDPOINT"
+	SettingEndpointSuffix   = "AZURE_STORAGE_ENDPOINT_SUFFIX"
 	SettingConnectionString = "AZURE_STORAGE_CONNECTION_STRING"
 	SettingAccountKey       = "AZURE_STORAGE_ACCOUNT_KEY"
 	SettingSASToken         = "AZURE_STORAGE_SAS_TOKEN"
@@ -389,7 +392,11 @@ func endpointURL(s storage.Settings) (string, error) {
 		return ep, nil
 	}
 	if acct := accountName(s); acct != "" {
-		return "https://" + acct + ".blob.core.windows.net/", nil
+		suffix := strings.Trim(strings.TrimSpace(s.Get(SettingEndpointSuffix, "")), "./")
+		if suffix == "" {
+			suffix = "blob.core.windows.net"
+		}
+		return "https://" + acct + "." + suffix + "/", nil
 	}
 	return "", fmt.Errorf("no storage account: set %s, %s or %s", SettingAccountName, SettingEndpoint, SettingConnectionString)
 }

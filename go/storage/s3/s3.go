@@ -46,7 +46,8 @@
 //     static credentials.
 //     2. AWS_WEB_IDENTITY_TOKEN_FILE + AWS_ROLE_ARN (+ AWS_ROLE_SESSION_NAME):
 //     AssumeRoleWithWebIdentity through STS (EKS service accounts).
-//     3. AWS_PROFILE: that profile of the shared files (AWS_CONFIG_FILE,
+//     3. AWS_PROFILE (or its older name AWS_DEFAULT_PROFILE, which the
+//     C++ and CLI SDKs still read): that profile of the shared files (AWS_CONFIG_FILE,
 //     AWS_SHARED_CREDENTIALS_FILE when set here, else ~/.aws/config and
 //     ~/.aws/credentials), with everything a profile can name (SSO,
 //     credential_process, role assumption).
@@ -159,6 +160,7 @@ const (
 	SettingSecretAccessKey    = "AWS_SECRET_ACCESS_KEY"
 	SettingSessionToken       = "AWS_SESSION_TOKEN"
 	SettingProfile            = "AWS_PROFILE"
+	SettingDefaultProfile     = "AWS_DEFAULT_PROFILE"
 	SettingConfigFile         = "AWS_CONFIG_FILE"
 	SettingCredentialsFile    = "AWS_SHARED_CREDENTIALS_FILE"
 	SettingWebIdentityFile    = "AWS_WEB_IDENTITY_TOKEN_FILE"
@@ -313,8 +315,8 @@ func newBackend(s storage.Settings) (*backend, error) {
 			credentials.NewStaticCredentialsProvider(keyID, secret, s.Get(SettingSessionToken, ""))))
 	case webIdentity:
 		// Resolved below: the STS client needs the loaded configuration.
-	case s.Get(SettingProfile, "") != "":
-		opts = append(opts, config.WithSharedConfigProfile(s.Get(SettingProfile, "")))
+	case s.Get(SettingProfile, s.Get(SettingDefaultProfile, "")) != "":
+		opts = append(opts, config.WithSharedConfigProfile(s.Get(SettingProfile, s.Get(SettingDefaultProfile, ""))))
 	default:
 		p, err := containerProvider(s)
 		if err != nil {

@@ -594,7 +594,15 @@ func TestMinIO(t *testing.T) {
 		if n, err := o.ReadAt(context.Background(), dst, 0); n != 100 || (err != nil && err != io.EOF) || !bytes.Equal(dst, data) {
 			t.Fatalf("ReadAt = %d, %v", n, err)
 		}
-		delete(s, SettingProfile) // the default profile has wrong keys
+		// AWS_DEFAULT_PROFILE, the older name, names it too.
+		delete(s, SettingProfile)
+		s[SettingDefaultProfile] = "minio"
+		pb, err = New(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open(t, pb, e.uri("profile/object"))
+		delete(s, SettingDefaultProfile) // the default profile has wrong keys
 		pb, err = New(s)
 		if err != nil {
 			t.Fatal(err)
