@@ -639,6 +639,18 @@ func TestMinIO(t *testing.T) {
 		if calls.Load() != 1 {
 			t.Fatalf("credentials endpoint called %d times, want 1 (cached)", calls.Load())
 		}
+		// The token read from AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE wins.
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte("token-123\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s[SettingContainerToken] = "wrong"
+		s[SettingContainerTokenFile] = tokenFile
+		cb, err = New(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		open(t, cb, e.uri("container/object"))
 	})
 }
 

@@ -8,6 +8,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -108,4 +110,60 @@ func TestUnsigned(t *testing.T) {
 	// Unsigned off ("0") signs: the private object opens with the keys.
 	b := e.backend(t, e.srv.Endpoint, SettingUnsigned, "0")
 	open(t, b, e.uri("private.bin"))
+}
+
+// TestWebIdentity checks AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN and
+// AWS_ROLE_SESSION_NAME: the backend exchanges the token at STS (a loopback
+// stand-in here, named by the SDK's own AWS_ENDPOINT_URL_STS) for the
+// credentials it then signs with.
+func TestWebIdentity(t *testing.T) {
+	e := newEnv(t)
+	data := e.put(t, "web-identity/object", 1000)
+	var mu sync.Mutex
+	var forms []url.Values
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		forms = append(forms, r.PostForm)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "text/xml")
+		fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>%s</AccessKeyId><SecretAccessKey>%s</SecretAccessKey>
+<SessionToken></SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult>
+<ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>`, e.srv.AccessKey, e.srv.SecretKey)
+	}))
+	t.Cleanup(sts.Close)
+	t.Setenv("AWS_ENDPOINT_URL_STS", sts.URL)
+
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("the-oidc-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b := storage.Settings{SettingEndpoint: e.srv.Endpoint, SettingRegion: e.srv.Region, SettingIMDSDisabled: "true",
+		SettingWebIdentityFile: tokenFile, SettingRoleARN: "arn:aws:iam::123456789012:role/reader",
+		SettingRoleSessionName: "model-streamer-test"}
+	be, err := New(b)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	o := open(t, be, e.uri("web-identity/object"))
+	got := make([]byte, len(data))
+	if n, err := o.ReadAt(context.Background(), got, 0); n != len(data) || !bytes.Equal(got, data) {
+		t.Fatalf("ReadAt = %d, %v (equal %v)", n, err, bytes.Equal(got, data))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(forms) == 0 {
+		t.Fatal("STS was never asked")
+	}
+	f := forms[0]
+	for k, want := range map[string]string{"Action": "AssumeRoleWithWebIdentity", "WebIdentityToken": "the-oidc-token",
+		"RoleArn": "arn:aws:iam::123456789012:role/reader", "RoleSessionName": "model-streamer-test"} {
+		if f.Get(k) != want {
+			t.Errorf("STS request %s = %q, want %q", k, f.Get(k), want)
+		}
+	}
 }
