@@ -215,3 +215,29 @@ def test_cpu_buffer_log_line_names_the_rank(small_checkpoint, caplog, monkeypatc
     assert f"in {len(small_checkpoint)} file(s)" in msg
     from runai_model_streamer.streamer import format_bytes
     assert format_bytes(arena) in msg
+
+
+def test_log_level_and_stderr_settings(small_checkpoint):
+    """RUNAI_STREAMER_LOG_LEVEL and RUNAI_STREAMER_LOG_TO_STDERR=1, read at
+    import as the reference does: DEBUG lines of a load reach stderr."""
+    from conftest import run_python
+
+    code = f"""
+        import logging, runai_model_streamer
+        from runai_model_streamer import SafetensorsStreamer
+        print(logging.getLogger("runai_model_streamer").level)
+        with SafetensorsStreamer() as s:
+            s.stream_files({[str(p) for p in small_checkpoint]!r})
+            for _ in s.get_tensors():
+                pass
+    """
+    r = run_python(code, env={"RUNAI_STREAMER_LOG_LEVEL": "debug",
+                              "RUNAI_STREAMER_LOG_TO_STDERR": "1"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(logging.DEBUG)]
+    assert "[DEBUG] [model-streamer] streaming" in r.stderr, r.stderr
+    assert "[INFO] [model-streamer] Rank 0: CPU buffer" in r.stderr, r.stderr
+    quiet = run_python(code, env={"RUNAI_STREAMER_LOG_LEVEL": "WARNING",
+                                  "RUNAI_STREAMER_LOG_TO_STDERR": "1"})
+    assert quiet.returncode == 0, quiet.stderr
+    assert "model-streamer" not in quiet.stderr, quiet.stderr
