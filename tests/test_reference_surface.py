@@ -313,3 +313,22 @@ def test_homogeneous_paths(paths, expected):
     from runai_model_streamer.file_streamer.file_streamer import homogeneous_paths
 
     assert homogeneous_paths(paths) is expected
+
+
+def test_safetensors_streamer_attributes(small_checkpoint):
+    """The attributes the reference sets in stream_files, which callers read
+    (vLLM counts files_to_tensors_metadata for its progress bar)."""
+    expected = reference_all(small_checkpoint)
+    with runai_model_streamer.SafetensorsStreamer() as streamer:
+        assert streamer.files_to_tensors_metadata == {} and streamer.total_size == 0
+        streamer.stream_files([str(p) for p in small_checkpoint])
+        assert streamer.device_str == "cpu"
+        assert isinstance(streamer.start_time, float)
+        assert sorted(streamer.files_to_tensors_metadata) == [0, 1]
+        names = [m.name for ms in streamer.files_to_tensors_metadata.values() for m in ms]
+        assert sorted(names) == sorted(expected)
+        assert streamer.total_size == sum(len(v[2]) for v in expected.values())
+        got = {name: describe(t) for name, t in streamer.get_tensors()}
+        assert streamer.unaligned_copies == 0
+    for name, value in got.items():
+        assert_matches(name, value, expected[name])
