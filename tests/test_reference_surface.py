@@ -332,3 +332,36 @@ def test_safetensors_streamer_attributes(small_checkpoint):
         assert streamer.unaligned_copies == 0
     for name, value in got.items():
         assert_matches(name, value, expected[name])
+
+
+def test_patcher_pull_of_a_local_path_is_not_implemented(mock_bucket, tmp_path):
+    from runai_model_streamer.safetensors_streamer.streamer_mock import StreamerPatcher
+
+    root, model, _ = mock_bucket
+    with pytest.raises(NotImplementedError, match="not implemented for file system paths"):
+        StreamerPatcher(str(root)).shim_pull_files(str(model), str(tmp_path / "dst"))
+    assert not (tmp_path / "dst").exists()
+
+
+def test_object_storage_model_of_local_paths(tmp_path):
+    missing = tmp_path / "no-such-model"
+    dst = tmp_path / "dst"
+    # Neither a URI nor a directory: a ValueError before any lock or directory is made.
+    with pytest.raises(ValueError, match="no-such-model"):
+        ss_module.ObjectStorageModel(str(missing), str(dst))
+    assert not dst.exists() and not Path(str(dst) + ".lock").exists()
+    # An existing directory is used in place: nothing to download.
+    (tmp_path / "model").mkdir()
+    with ss_module.ObjectStorageModel(str(tmp_path / "model"), str(dst)) as m:
+        m.pull_files()
+        assert m.dir == str(tmp_path / "model")
+    assert not dst.exists()
+
+
+def test_ring_setting_names_still_import():
+    from runai_model_streamer.file_streamer import requests_iterator as ri
+
+    assert ri.RUNAI_STREAMER_MEMORY_LIMIT_ENV_VAR_NAME == "RUNAI_STREAMER_MEMORY_LIMIT"
+    assert ri.RUNAI_STREAMER_RING_BUFFERS_ENV_VAR_NAME == "RUNAI_STREAMER_RING_BUFFERS"
+    assert ri.RUNAI_STREAMER_MAX_PADS_PER_BUFFER_ENV_VAR_NAME == "RUNAI_STREAMER_MAX_PADS_PER_BUFFER"
+    assert ri.DIRECT_IO_BLOCK == os.sysconf("SC_PAGESIZE")

@@ -9,6 +9,7 @@ memory limit's setting live here.
 
 from __future__ import annotations
 
+import os
 from typing import List
 
 from runai_model_streamer.config import DEFAULT_MEMORY_LIMIT, MEMORY_LIMIT_ENV
@@ -18,6 +19,16 @@ from runai_model_streamer.exceptions import RunaiStreamerMemoryLimitException  #
 # its default: -1, the whole request (as SafetensorsStreamer's).
 RUNAI_STREAMER_MEMORY_LIMIT_ENV_VAR_NAME = MEMORY_LIMIT_ENV
 DEFAULT_MEMORY_LIMIT_STRING = str(DEFAULT_MEMORY_LIMIT)
+
+# Names of the reference's ring-of-buffers settings, kept so that code which
+# sets or clears them still imports. This engine has no Python-side ring and
+# reads neither (docs/settings.md says why).
+RUNAI_STREAMER_RING_BUFFERS_ENV_VAR_NAME = "RUNAI_STREAMER_RING_BUFFERS"
+RUNAI_STREAMER_MAX_PADS_PER_BUFFER_ENV_VAR_NAME = "RUNAI_STREAMER_MAX_PADS_PER_BUFFER"
+
+# The block the reference lays O_DIRECT buffers out to. The engine here
+# aligns its own reads; the value is informational.
+DIRECT_IO_BLOCK = os.sysconf("SC_PAGESIZE")
 
 
 class FileChunks:

@@ -23,7 +23,7 @@ from typing import List, Optional
 from runai_model_streamer import files as _files
 from runai_model_streamer.exceptions import (  # noqa: F401 - public at this path
     RunaiStreamerError,
-    RunaiStreamerFileNotFoundError,
+    RunaiStreamerFileNotFoundError,  # noqa: F401
     RunaiStreamerInvalidInputException,
     RunaiStreamerMemoryLimitException,
 )
@@ -127,7 +127,11 @@ class ObjectStorageModel:
         if not is_object_storage_path(model_path):
             directory = local_path(model_path)
             if not os.path.isdir(directory):
-                raise RunaiStreamerFileNotFoundError(f"{model_path}: no such directory")
+                # A ValueError, as the reference's for any non-URI path.
+                raise RunaiStreamerInvalidInputException(
+                    f"model_path {model_path!r} is neither an object storage URI (s3://, gs://, "
+                    "az://) nor an existing local directory"
+                )
             self.dir = directory
             self._model_path = directory
             self._skip = True

@@ -89,7 +89,14 @@ class StreamerPatcher:
                         ignore_pattern: Optional[List[str]] = None,
                         s3_credentials: Optional[S3Credentials] = None) -> None:
         """pull_files from the local directory a URI stands for: the same
-        filters, the same refusal to write outside dst."""
+        filters, the same refusal to write outside dst. A local model_path
+        raises NotImplementedError, as the reference's shim does: the shim
+        stands in for a download from object storage."""
+        if not self.is_remote_path(model_path):
+            raise NotImplementedError(
+                f"pull files is not implemented for file system paths: {model_path!r} "
+                "(StreamerPatcher.shim_pull_files serves s3://, gs:// and az:// URIs)"
+            )
         source = self.convert_remote_path_to_local_path(model_path)
         _files.pull_files(source, dst, allow_pattern, ignore_pattern, s3_credentials)
 
