@@ -74,7 +74,7 @@ LOADERS = {
 
 
 # Shared with the local-file benchmark (run.py sits beside this file).
-from run import fmt_bytes, log, parse_bytes, run_argv  # noqa: E402
+from run import DEFAULT_TORCH, ensure_peer_venv, fmt_bytes, log, parse_bytes, run_argv  # noqa: E402
 
 
 # --------------------------------------------------------------------------
@@ -253,6 +253,10 @@ def pick_files(a):
 # --------------------------------------------------------------------------
 
 def load_servers():
+    """The test suite's server helpers, with the pinned MinIO installed first
+    (ci/install-servers.sh is idempotent and quick when it is there)."""
+    subprocess.run(["bash", os.path.join(REPO, "ci", "install-servers.sh")], check=True,
+                   stdout=sys.stderr)
     spec = importlib.util.spec_from_file_location("model_streamer_bench_servers", SERVERS)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -462,9 +466,25 @@ def check_ours(py):
     return None
 
 
-def ensure_peer(py, install):
+def ensure_peer(py, install, ours_python=None):
+    """None when py runs the peer (runai-model-streamer and -s3 at PEER_VERSION),
+    else why not. The default peer venv is created here when missing (as
+    bench/run.py creates it: the same torch as ours), so this script needs no
+    earlier run of another."""
+    default = os.path.join(PEER_VENV, "bin", "python")
+    if not os.path.exists(py) and install and os.path.realpath(py) == os.path.realpath(default):
+        torch_version = DEFAULT_TORCH
+        if ours_python and os.path.exists(ours_python):
+            r = subprocess.run([ours_python, "-c", "import torch; print(torch.__version__)"],
+                               capture_output=True, text=True)
+            if r.returncode == 0 and r.stdout.strip():
+                torch_version = r.stdout.strip().splitlines()[-1].split("+")[0]
+        try:
+            ensure_peer_venv(torch_version)
+        except (OSError, subprocess.CalledProcessError) as e:
+            return f"could not create {PEER_VENV}: {e}"
     if not os.path.exists(py):
-        return f"{py} missing: run bench/run.py once (it creates {PEER_VENV})"
+        return f"{py} missing (pass --peer-python, or drop --no-install to create {PEER_VENV})"
     probe = ("from importlib.metadata import version; import runai_model_streamer_s3, runai_model_streamer; "
              "print(version('runai-model-streamer'), version('runai-model-streamer-s3'))")
     r = subprocess.run([py, "-c", probe], capture_output=True, text=True, cwd=BENCH)
@@ -772,7 +792,7 @@ def main():
             a.loaders = [x for x in a.loaders if not x.startswith("ours")]
         ctx["ours_python"] = a.ours_python
     if "peer" in a.loaders:
-        err = ensure_peer(a.peer_python, not a.no_install)
+        err = ensure_peer(a.peer_python, not a.no_install, a.ours_python)
         if err:
             log(f"WARNING: {err}; skipping the peer")
             ctx["peer_missing"] = err
@@ -803,6 +823,7 @@ def main():
 
     servers = load_servers()
     os.environ["MODEL_STREAMER_REQUIRE_SERVERS"] = "1"  # a missing MinIO is an error, not a pytest skip
+    os.makedirs(a.minio_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="model-streamer-s3bench-", dir=a.minio_dir)
     srv = None
     runs = []
