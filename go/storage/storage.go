@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/model-streamer/model-streamer/go/checksum"
 )
 
 // Object is one opened file or blob.
@@ -42,6 +44,33 @@ type Aligned interface {
 type Mappable interface {
 	Map() ([]byte, error)
 	Populate(ctx context.Context, off, n int64) error
+}
+
+// Checksum is a value a store holds for the whole of an object: the CRC
+// (big-endian, as stores encode it) or digest of bytes [0, Size()).
+type Checksum struct {
+	Algorithm checksum.Algorithm
+	Value     []byte
+	// Source names where the value came from, for messages
+	// ("x-amz-checksum-crc32c", "ETag", "Content-MD5", ...).
+	Source string
+}
+
+// String is "crc32c:1a2b3c4d".
+func (c Checksum) String() string { return string(c.Algorithm) + ":" + checksum.Format(c.Value) }
+
+// Checksummed is implemented by objects whose store keeps whole-object
+// checksums. Checksums returns those Open learnt from the metadata request
+// it made anyway (no extra round trip), only values that cover the whole
+// object as it is read (never a composite checksum of a multipart upload,
+// nor an ETag that is not the content's MD5), each of the right length for
+// its algorithm; nil when the store holds none. Why a value is not usable,
+// when the store has one, is NoChecksumReason's to say.
+type Checksummed interface {
+	Checksums() []Checksum
+	// NoChecksumReason explains an empty Checksums() ("multipart upload:
+	// composite checksum crc32 is not verifiable as a whole", ...), or "".
+	NoChecksumReason() string
 }
 
 // Backend opens objects of one URI scheme.

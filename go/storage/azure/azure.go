@@ -286,6 +286,7 @@ func (b *Backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if props.ETag != nil {
 		o.etag = *props.ETag
 	}
+	o.sums, o.noSum = checksumsOf(props.ContentMD5)
 	return o, nil
 }
 
@@ -363,6 +364,8 @@ type object struct {
 	etag   azcore.ETag
 	stall  time.Duration
 	closed atomic.Bool
+	sums   []storage.Checksum // see checksumsOf (object.go)
+	noSum  string
 }
 
 func (o *object) Size() int64 { return o.size }

@@ -13,8 +13,33 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 
+	"github.com/model-streamer/model-streamer/go/checksum"
 	"github.com/model-streamer/model-streamer/go/storage"
 )
+
+var _ storage.Checksummed = (*object)(nil)
+
+// checksumsOf returns the blob's whole-blob checksums from its properties:
+// Content-MD5, which the service computes for a blob written by one Put
+// Blob and keeps for a blob assembled from blocks only when the uploader set
+// it (x-ms-blob-content-md5). The service keeps no whole-blob CRC64 (it
+// returns x-ms-content-crc64 for the bytes of one request only, up to
+// 4 MiB, and Get Blob Properties carries none), so MD5 is all there is.
+func checksumsOf(contentMD5 []byte) ([]storage.Checksum, string) {
+	switch {
+	case len(contentMD5) == checksum.MD5.Size():
+		return []storage.Checksum{{Algorithm: checksum.MD5, Value: contentMD5, Source: "Content-MD5"}}, ""
+	case len(contentMD5) > 0:
+		return nil, fmt.Sprintf("Content-MD5 has %d bytes, not 16", len(contentMD5))
+	}
+	return nil, "the blob has no Content-MD5 (blobs uploaded in blocks have one only when the uploader set it) and Azure keeps no whole-blob CRC64"
+}
+
+// Checksums returns the Content-MD5 Open saw, if any.
+func (o *object) Checksums() []storage.Checksum { return o.sums }
+
+// NoChecksumReason says why Checksums is empty.
+func (o *object) NoChecksumReason() string { return o.noSum }
 
 // errStalled is the cause of a data request aborted by the stall watchdog.
 var errStalled = errors.New("stalled")

@@ -12,6 +12,7 @@ import (
 
 	gcs "cloud.google.com/go/storage"
 
+	"github.com/model-streamer/model-streamer/go/checksum"
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
@@ -37,7 +38,7 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if attrs.Generation > 0 {
 		h = h.Generation(attrs.Generation)
 	}
-	return &object{uri: uri, h: h, size: attrs.Size, stall: b.stall}, nil
+	return &object{uri: uri, h: h, size: attrs.Size, stall: b.stall, sums: checksumsOf(attrs)}, nil
 }
 
 type object struct {
@@ -45,6 +46,42 @@ type object struct {
 	h     *gcs.ObjectHandle
 	size  int64
 	stall time.Duration
+	sums  []storage.Checksum
+}
+
+var _ storage.Checksummed = (*object)(nil)
+
+// checksumsOf returns the object's stored checksums: its CRC32C, which GCS
+// keeps for every object (composed ones too), and its MD5 where it has one
+// (composite objects have none). Both are of the bytes as stored, which
+// are the bytes read (ReadCompressed: a gzip-encoded object is read as
+// stored, not decompressed).
+//
+// The SDK gives a CRC32C the metadata lacked as 0, which only an empty object
+// has as a true value (the CRC32C of a non-empty object is 0 once in 2^32):
+// a 0 for a non-empty object counts as absent (an emulator that keeps none).
+func checksumsOf(attrs *gcs.ObjectAttrs) []storage.Checksum {
+	var sums []storage.Checksum
+	if attrs.CRC32C != 0 || attrs.Size == 0 {
+		sums = append(sums, storage.Checksum{Algorithm: checksum.CRC32C,
+			Value: checksum.Bytes(checksum.CRC32C, uint64(attrs.CRC32C)), Source: "crc32c attribute"})
+	}
+	if len(attrs.MD5) == checksum.MD5.Size() {
+		sums = append(sums, storage.Checksum{Algorithm: checksum.MD5, Value: attrs.MD5, Source: "md5Hash attribute"})
+	}
+	return sums
+}
+
+// Checksums returns the CRC32C (and MD5, where present) Open read.
+func (o *object) Checksums() []storage.Checksum { return o.sums }
+
+// NoChecksumReason explains an object without checksums (only a server
+// that keeps none: GCS has a CRC32C for every object).
+func (o *object) NoChecksumReason() string {
+	if len(o.sums) == 0 {
+		return "the object's metadata has no crc32c and no md5Hash"
+	}
+	return ""
 }
 
 func (o *object) Size() int64  { return o.size }

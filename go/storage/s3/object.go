@@ -2,6 +2,8 @@ package s3
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,7 +13,9 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 
+	"github.com/model-streamer/model-streamer/go/checksum"
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
@@ -30,11 +34,17 @@ type object struct {
 	size   int64
 	etag   *string
 	closed atomic.Bool
+	sums   []storage.Checksum
+	noSum  string // why sums is empty
 }
 
-var _ storage.Object = (*object)(nil)
+var (
+	_ storage.Object      = (*object)(nil)
+	_ storage.Checksummed = (*object)(nil)
+)
 
-// Open learns the object's size and ETag with a HeadObject request.
+// Open learns the object's size, ETag and stored checksums with a
+// HeadObject request (see "Checksums" in the package documentation).
 func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) {
 	_, bucket, key, err := parseURI(uri)
 	if err == nil && (key == "" || strings.HasSuffix(key, "/")) {
@@ -43,7 +53,7 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if err != nil {
 		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.InvalidArgument, Err: err}
 	}
-	out, err := b.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &bucket, Key: &key})
+	out, err := b.head(ctx, bucket, key)
 	if err != nil {
 		se := toError(ctx, "open", uri, 0, 0, err)
 		b.explain(ctx, se, bucket, key)
@@ -58,7 +68,106 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if out.ETag != nil && *out.ETag != "" {
 		o.etag = aws.String(*out.ETag)
 	}
+	o.sums, o.noSum = checksumsOf(out)
 	return o, nil
+}
+
+// head asks for the object's metadata with its checksums
+// (x-amz-checksum-mode: ENABLED). A server that rejects the checksum mode
+// (an older S3-compatible store answering 400 or 501 to the header) is
+// asked again without it, and never again by this backend: its objects then
+// offer only what the ETag says.
+func (b *backend) head(ctx context.Context, bucket, key string) (*s3.HeadObjectOutput, error) {
+	in := &s3.HeadObjectInput{Bucket: &bucket, Key: &key}
+	if b.checksumModeRejected.Load() {
+		return b.client.HeadObject(ctx, in)
+	}
+	withMode := *in
+	withMode.ChecksumMode = types.ChecksumModeEnabled
+	out, err := b.client.HeadObject(ctx, &withMode)
+	var he *HTTPError
+	if err == nil || !errors.As(toError(ctx, "open", "", 0, 0, err).Err, &he) ||
+		(he.Status != 400 && he.Status != 501) {
+		return out, err
+	}
+	out, err2 := b.client.HeadObject(ctx, in)
+	if err2 != nil {
+		return nil, err // the plain request fails too: the first answer explains it
+	}
+	b.checksumModeRejected.Store(true)
+	return out, nil
+}
+
+// Checksums returns the whole-object checksums HeadObject reported.
+func (o *object) Checksums() []storage.Checksum { return o.sums }
+
+// NoChecksumReason says why Checksums is empty.
+func (o *object) NoChecksumReason() string { return o.noSum }
+
+// checksumsOf picks the values of a HeadObject answer that cover the whole
+// object: the full-object CRCs, and the ETag when it is the MD5 of the
+// content. It returns the reason when there is none.
+func checksumsOf(out *s3.HeadObjectOutput) ([]storage.Checksum, string) {
+	var sums []storage.Checksum
+	var reasons []string
+	for _, c := range []struct {
+		alg   checksum.Algorithm
+		value *string
+	}{
+		{checksum.CRC32C, out.ChecksumCRC32C},
+		{checksum.CRC32, out.ChecksumCRC32},
+		{checksum.CRC64NVME, out.ChecksumCRC64NVME},
+		{checksum.MD5, out.ChecksumMD5},
+	} {
+		v := aws.ToString(c.value)
+		if v == "" {
+			continue
+		}
+		source := "x-amz-checksum-" + string(c.alg)
+		// A multipart upload's COMPOSITE checksum ("<base64>-<parts>") is a
+		// checksum of the parts' checksums: no whole-object read computes it.
+		if out.ChecksumType == types.ChecksumTypeComposite || strings.Contains(v, "-") {
+			reasons = append(reasons, fmt.Sprintf("%s %q is the composite checksum of a multipart upload, not verifiable as a whole", source, v))
+			continue
+		}
+		raw, err := base64.StdEncoding.DecodeString(v)
+		if err != nil || len(raw) != c.alg.Size() {
+			reasons = append(reasons, fmt.Sprintf("%s %q is not a %d-byte base64 value", source, v, c.alg.Size()))
+			continue
+		}
+		sums = append(sums, storage.Checksum{Algorithm: c.alg, Value: raw, Source: source})
+	}
+	if md5, why := etagMD5(out); md5 != nil {
+		sums = append(sums, storage.Checksum{Algorithm: checksum.MD5, Value: md5, Source: "ETag"})
+	} else if len(sums) == 0 {
+		reasons = append(reasons, why)
+	}
+	if len(sums) > 0 {
+		return sums, ""
+	}
+	return nil, strings.Join(reasons, "; ")
+}
+
+// etagMD5 returns the MD5 of the content when the ETag is one: 32 hex digits
+// (a multipart upload's ends in "-<parts>"), and not an object encrypted
+// with SSE-KMS or a customer key, whose ETag is not its content's MD5.
+func etagMD5(out *s3.HeadObjectOutput) ([]byte, string) {
+	etag := strings.Trim(aws.ToString(out.ETag), `"`)
+	switch {
+	case etag == "":
+		return nil, "no checksum and no ETag"
+	case out.SSECustomerAlgorithm != nil:
+		return nil, "no checksum, and the ETag of an object encrypted with a customer key (SSE-C) is not its MD5"
+	case strings.HasPrefix(string(out.ServerSideEncryption), "aws:kms"):
+		return nil, "no checksum, and the ETag of an object encrypted with " + string(out.ServerSideEncryption) + " is not its MD5"
+	case strings.Contains(etag, "-"):
+		return nil, fmt.Sprintf("no full-object checksum, and ETag %q is that of a multipart upload, not an MD5", etag)
+	}
+	raw, err := hex.DecodeString(etag)
+	if err != nil || len(raw) != checksum.MD5.Size() {
+		return nil, fmt.Sprintf("no checksum, and ETag %q is not an MD5", etag)
+	}
+	return raw, ""
 }
 
 // explain replaces the status-only error of a HEAD (whose answer has no body)

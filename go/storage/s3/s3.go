@@ -95,6 +95,22 @@
 // is handled by skipping up to the offset when it is small and is an error
 // otherwise.
 //
+// # Checksums
+//
+// Open's HeadObject asks for the stored checksums (x-amz-checksum-mode:
+// ENABLED) and the object offers, through storage.Checksummed, the values
+// that cover the whole object: x-amz-checksum-crc32c, -crc32, -crc64nvme
+// (and -md5) of a FULL_OBJECT checksum type, which single-part uploads and
+// full-object multipart uploads have; otherwise the ETag, when it is the
+// content's MD5 (32 hex digits: a single-part upload, not encrypted with
+// SSE-KMS or SSE-C). A COMPOSITE checksum ("<base64>-<parts>", the default
+// of multipart uploads by older SDKs) and a multipart ETag are checksums of
+// the parts' checksums: no read of the object computes them, so such an
+// object offers none (NoChecksumReason says why). A server that rejects
+// the checksum mode (400 or 501) is asked again without it, and never again.
+// SHA-1 and SHA-256 checksums are not used: no pass at wire speed computes
+// them in parallel.
+//
 // # Tuning
 //
 // The backend asks the engine (storage.Tuned) for 16 MiB reads, 32 in
@@ -128,6 +144,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -203,6 +220,9 @@ type backend struct {
 	stallTimeout time.Duration
 	endpoint     string // "" for AWS
 	pathStyle    bool
+	// checksumModeRejected: the server refused HeadObject's checksum mode
+	// once; object.go asks without it from then on.
+	checksumModeRejected atomic.Bool
 }
 
 var (
