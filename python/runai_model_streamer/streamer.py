@@ -272,7 +272,7 @@ class SafetensorsStreamer:
             )
 
         if is_distributed and self._open_distributed(
-                path_list, names, dev, scheme, config, settings, open_native):
+                path_list, names, dev, scheme, config, settings):
             return
         stream = open_native(names)
         try:
@@ -294,9 +294,10 @@ class SafetensorsStreamer:
 
     def _open_distributed(self, paths: List[str], names: Optional[List[str]],
                           dev: torch.device, scheme: str, config: StreamerConfig,
-                          settings: List[str], open_native: Any) -> bool:
+                          settings: List[str]) -> bool:
         """is_distributed=True: sets up distributed streaming (see
-        distributed.py); False when this request falls back to plain streaming."""
+        the distributed package); False when this request falls back to plain
+        streaming."""
         from runai_model_streamer import distributed
 
         def validate(meta: Dict[str, Any]) -> Dict[int, List[SafetensorMetadata]]:
@@ -305,7 +306,7 @@ class SafetensorsStreamer:
 
         try:
             dstream = distributed.open_stream(
-                paths, names, dev, scheme, config, settings, open_native=open_native,
+                paths, names, dev, scheme, config, settings,
                 validate=validate, wrap=self._wrap, owned=self._owned)
         except BaseException:
             self.files_to_tensors_metadata = {}

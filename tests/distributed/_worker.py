@@ -87,13 +87,13 @@ def _inject(inject, rank):
         return None, undo
 
     if kind == "no_memory":
-        from runai_model_streamer import distributed
+        from runai_model_streamer.distributed import exchange
 
-        original_fallback = distributed._local_fallback
-        distributed._local_fallback = lambda plan, device: "injected: not enough memory"
+        original_fallback = exchange._local_fallback
+        exchange._local_fallback = lambda plan, device: "injected: not enough memory"
 
         def undo_fallback():
-            distributed._local_fallback = original_fallback
+            exchange._local_fallback = original_fallback
 
         return None, undo_fallback
 
@@ -187,7 +187,8 @@ def run_scenario(sc, rank):
                 result["group"] = list(dstream.entry.ranks)
                 if sc.get("record_ptrs"):
                     plan = dstream.plan
-                    result["owners"] = {m.name: plan.owners[g] for g, m in enumerate(plan.tensors)}
+                    result["owners"] = {dstream.ranges.key(g): plan.owners[g]
+                                        for g in range(plan.count)}
                     result["align"] = plan.align
         # owned=True: the tensors are the caller's, after the loop and close().
         result["kept_ok"] = all(digest(t) == result["digests"][n] for n, t in kept.items())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from runai_model_streamer import _native, device as device_mod, distributed
+from runai_model_streamer.distributed import errors, headers, settings as dist_settings
 from runai_model_streamer.distributed import (
     DistSettings,
     backend_for,
@@ -107,8 +108,9 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
     ("auto", "gs", CUDA, _FakeDist("cpu:gloo,cuda:nccl"), True, None),
 ])
 def test_fallback_reason(monkeypatch, mode, scheme, dev, fake, reader, why):
-    monkeypatch.setattr(distributed, "dist", fake)
-    monkeypatch.setattr(distributed, "_has_header_reader", lambda: reader)
+    monkeypatch.setattr(dist_settings, "dist", fake)
+    monkeypatch.setattr(dist_settings, "_has_header_reader", lambda: reader)
+    monkeypatch.setattr(dist_settings, "_has_range_reader", lambda: True)
     reason = fallback_reason(scheme, dev, DistSettings(mode=mode))
     if why is None:
         assert reason is None
@@ -179,7 +181,7 @@ def test_slot_layout_aligns_every_tensor():
 
 def test_python_headers_match_the_library(tmp_path):
     paths = [str(p) for p in make_random_checkpoint(tmp_path, 11, "raw", max_files=3)]
-    ours = {"files": [distributed._parse_local_header(p) for p in paths]}
+    ours = {"files": [headers._parse_local_header(p) for p in paths]}
     stream = _native.Stream(paths, None, read_mode=1)
     try:
         theirs = stream.metadata()
@@ -196,11 +198,11 @@ def test_header_errors(tmp_path):
     )
 
     with pytest.raises(RunaiStreamerFileNotFoundError):
-        distributed._parse_local_header(str(tmp_path / "missing.safetensors"))
+        headers._parse_local_header(str(tmp_path / "missing.safetensors"))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
     with pytest.raises(RunaiStreamerInvalidInputException):
-        distributed._parse_local_header(str(bad))
+        headers._parse_local_header(str(bad))
 
 
 def test_select_tensors():
@@ -214,12 +216,12 @@ def test_select_tensors():
 def test_remote_error_keeps_the_class():
     from runai_model_streamer.exceptions import RunaiStreamerFileNotFoundError
 
-    idx = distributed._error_class_index(RunaiStreamerFileNotFoundError("gone"))
-    err = distributed._remote_error(idx, "rank 3 failed: gone")
+    idx = errors.error_class_index(RunaiStreamerFileNotFoundError("gone"))
+    err = errors.remote_error(idx, "rank 3 failed: gone")
     assert isinstance(err, RunaiStreamerFileNotFoundError)
     assert isinstance(err, FileNotFoundError)
     assert isinstance(err, distributed.RunaiStreamerDistributedError)
-    plain = distributed._remote_error(distributed._error_class_index(ValueError("x")), "m")
+    plain = errors.remote_error(errors.error_class_index(ValueError("x")), "m")
     assert type(plain) is distributed.RunaiStreamerDistributedError
 
 
