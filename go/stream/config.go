@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 
+	"github.com/model-streamer/model-streamer/go/integrity"
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
@@ -49,6 +50,10 @@ type Config struct {
 	// Retry bounds the retries of a chunk after transient failures
 	// (zero value: storage.DefaultRetryPolicy).
 	Retry storage.RetryPolicy
+	// Verify checks each object read whole against the checksum its store
+	// keeps (MODEL_STREAMER_VERIFY; zero value: integrity.Auto). See
+	// verify.go for what is verified and when a mismatch is reported.
+	Verify integrity.Mode
 }
 
 // DefaultConfig returns the documented defaults: 16 readers, no memory cap,

@@ -3,6 +3,8 @@ package stream
 import (
 	"context"
 	"fmt"
+
+	"github.com/model-streamer/model-streamer/go/integrity"
 )
 
 // ReadHeaders reads and validates the headers of uris, all files at once,
@@ -16,6 +18,7 @@ func ReadHeaders(ctx context.Context, cfg Config, uris []string) ([]FileInfo, er
 		return nil, fmt.Errorf("%w: no files given", ErrInvalidRequest)
 	}
 	s := &Stream{cfg: cfg.normalized(uris[0])}
+	s.cfg.Verify = integrity.Off // no tensor is read: nothing to verify
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
@@ -25,6 +28,7 @@ func ReadHeaders(ctx context.Context, cfg Config, uris []string) ([]FileInfo, er
 	}
 	for _, f := range s.files {
 		f.tensors = f.header.Tensors
+		f.note = Verification{}
 	}
 	return s.Files(), nil
 }

@@ -20,6 +20,9 @@ type region struct {
 	dataEnd      int64 // absolute file offset past the last tensor byte
 	spanStart    int64 // dataStart rounded down to alignment
 	spanEnd      int64 // dataEnd rounded up to alignment
+	// hashFrom is where the region's bytes start counting for whole-object
+	// verification (dataStart, or past an overlapping earlier region).
+	hashFrom int64
 
 	// Set when memory is assigned: mem covers [spanStart, spanEnd) of the file.
 	mem []byte

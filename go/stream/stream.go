@@ -58,6 +58,9 @@ type FileInfo struct {
 	Header   *safetensors.Header
 	Tensors  []safetensors.Tensor
 	Strategy string // how the file is read: "buffered", "direct", "mmap" or ""
+	// Verify says whether and against what the file is verified
+	// (Config.Verify).
+	Verify Verification
 }
 
 // Ready is one tensor whose bytes are in memory. Data stays valid until
@@ -81,6 +84,13 @@ type fileState struct {
 	order    []int
 	mapped   storage.Mappable // non-nil when read by mapping
 	strategy string
+
+	// ver checks the object against its store's checksum (nil: not
+	// verified; see verify.go); prefixHashed is how many of its first bytes
+	// the header read hashed. note is what the metadata says about it.
+	ver          *verifier
+	prefixHashed int64
+	note         Verification
 }
 
 // index is the caller's index of f.tensors[i] (what Ready.Tensor reports).
@@ -200,6 +210,9 @@ func (s *Stream) openFile(f *fileState) error {
 	if st, ok := obj.(interface{ Strategy() string }); ok {
 		f.strategy = st.Strategy()
 	}
+	if err := s.wantChecksum(f); err != nil {
+		return err
+	}
 	buf, n, err := s.readPrefix(f, min(f.size, speculativeHeaderBytes))
 	if err != nil {
 		return err
@@ -219,6 +232,12 @@ func (s *Stream) openFile(f *fileState) error {
 	}
 	f.header = h
 	f.base = h.DataOffset
+	if f.ver != nil {
+		// Only the header: the tensor bytes this read fetched too are
+		// hashed by the readers that read them into the arena.
+		f.ver.addPrefix(buf[:h.DataOffset])
+		f.prefixHashed = h.DataOffset
+	}
 	return nil
 }
 
@@ -316,6 +335,9 @@ func (s *Stream) planMemory() error {
 		capacity = min(capacity, biggest)
 	case limit > 0:
 		capacity = min(capacity, max(alignDown(limit, alignment), biggest))
+	}
+	if err := s.planVerify(); err != nil {
+		return err
 	}
 	a, err := newArena(capacity)
 	if err != nil {
@@ -442,6 +464,14 @@ func (s *Stream) readChunk(c chunk) (err error) {
 	if err != nil {
 		return wrapRead(f.uri, c.off, c.n, err)
 	}
+	if f.ver != nil {
+		// The tensor bytes of this read (an aligned read may take in
+		// bytes of the regions either side, which they hash themselves).
+		lo, hi := max(c.off, c.r.hashFrom), min(c.off+need, c.r.dataEnd)
+		if lo < hi {
+			f.ver.readDone(lo, c.r.mem[lo-c.r.spanStart:hi-c.r.spanStart])
+		}
+	}
 	return nil
 }
 
@@ -450,8 +480,21 @@ func (s *Stream) onRetry(error) {
 	s.st.reads.Add(1)
 }
 
-// complete queues the tensors of a fully read region.
+// complete queues the tensors of a fully read region, once the file's
+// verification lets it (see verify.go).
 func (s *Stream) complete(r *region) {
+	f := s.files[r.file]
+	if f.ver == nil {
+		s.deliverRegion(r)
+		return
+	}
+	if err := f.ver.regionDone(r, s.deliverRegion); err != nil {
+		s.fail(err)
+	}
+}
+
+// deliverRegion queues the tensors of r.
+func (s *Stream) deliverRegion(r *region) {
 	f := s.files[r.file]
 	batch := make([]Ready, 0, r.count)
 	for i, t := range tensorsOf(f, r) {
@@ -525,7 +568,7 @@ func (s *Stream) Files() []FileInfo {
 				tensors[f.order[j]] = t
 			}
 		}
-		out[i] = FileInfo{URI: f.uri, Size: f.size, Header: f.header, Tensors: tensors, Strategy: f.strategy}
+		out[i] = FileInfo{URI: f.uri, Size: f.size, Header: f.header, Tensors: tensors, Strategy: f.strategy, Verify: f.note}
 	}
 	return out
 }

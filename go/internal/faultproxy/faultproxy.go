@@ -4,6 +4,10 @@
 // latency. Put it between a storage client and a real test server
 // (internal/testserver) to exercise retries, timeouts and error mapping.
 //
+// It can also corrupt a response body: Flip inverts one bit of one byte, at
+// an offset of the object (found from the response's Content-Range) or of
+// the body, so a test can show what a client makes of silently wrong bytes.
+//
 // Everything the fault does not touch is forwarded as is: method, path and
 // query, all headers including the Host the client sent (so signatures such
 // as AWS SigV4 or Azure Shared Key, computed for the proxy's address, stay
@@ -75,9 +79,28 @@ type Fault struct {
 	// Latency is added before the response to every matching request.
 	Latency time.Duration
 
+	// Flip, when set, corrupts one bit of matching response bodies.
+	Flip *Flip
+
 	// Match selects the requests the faults apply to. Nil matches data
 	// reads: GET requests with a Range or x-ms-range header.
 	Match func(*http.Request) bool
+}
+
+// Flip inverts one bit of a response body, leaving everything else (the
+// length, the headers) as the server sent it.
+type Flip struct {
+	// Offset is the offset of the byte to corrupt in the object: a
+	// response carries it when its Content-Range ("bytes A-B/N") covers it,
+	// and a response without Content-Range counts as starting at byte 0.
+	// With Body set, Offset counts from the start of the body instead.
+	Offset int64
+	Body   bool
+	// Bit is the bit (0-7) of that byte to invert.
+	Bit uint
+	// Count is how many responses to corrupt (0 or Always: every one that
+	// carries the byte); only those that carry it use up the count.
+	Count int
 }
 
 // IsRangedGet is the default Match: a GET with a Range or x-ms-range header.
@@ -96,7 +119,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	fault    Fault
-	left     [3]int // remaining status, reset, stall injections; <0 unlimited
+	left     [4]int // remaining status, reset, stall, flip injections; <0 unlimited
 	requests int
 	injected int
 }
@@ -105,6 +128,7 @@ const (
 	kindStatus = iota
 	kindReset
 	kindStall
+	kindFlip
 )
 
 // Start starts a proxy on 127.0.0.1 in front of target ("http://127.0.0.1:PORT")
@@ -170,6 +194,10 @@ func (p *Proxy) Set(f Fault) {
 	p.left[kindStatus] = count(f.StatusCount, f.Status != 0)
 	p.left[kindReset] = count(f.ResetCount, f.ResetAfterBytes > 0)
 	p.left[kindStall] = count(f.StallCount, f.StallFor > 0 || f.StallAfterBytes > 0)
+	p.left[kindFlip] = 0
+	if f.Flip != nil {
+		p.left[kindFlip] = count(f.Flip.Count, true)
+	}
 }
 
 func count(n int, set bool) int {
@@ -216,6 +244,10 @@ type plan struct {
 	// means the slot is taken only if the body turns out long enough.
 	resetAt, stallAt int64
 	stallFor         time.Duration
+	// flip is the armed bit flip (nil: none); flipAt its body offset once
+	// the response is known to carry it, else -1.
+	flip   *Flip
+	flipAt int64
 }
 
 // decide picks the faults for r and takes a status slot if one applies.
@@ -223,7 +255,7 @@ func (p *Proxy) decide(r *http.Request) plan {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.requests++
-	pl := plan{resetAt: -1, stallAt: -1}
+	pl := plan{resetAt: -1, stallAt: -1, flipAt: -1}
 	f := p.fault
 	match := f.Match
 	if match == nil {
@@ -233,6 +265,10 @@ func (p *Proxy) decide(r *http.Request) plan {
 		return pl
 	}
 	pl.latency = f.Latency
+	if f.Flip != nil && p.left[kindFlip] != 0 {
+		flip := *f.Flip
+		pl.flip = &flip
+	}
 	if f.Status != 0 && p.take(kindStatus) {
 		pl.status, pl.retryAfter = f.Status, f.RetryAfter
 		p.injected++
@@ -282,6 +318,40 @@ func (p *Proxy) arm(pl *plan, bodyLen int64) {
 	default:
 		pl.resetAt, pl.stallAt = -1, -1
 	}
+}
+
+// armFlip decides whether the armed flip applies to a response with this
+// Content-Range and body length (-1: unknown), and takes its slot.
+func (p *Proxy) armFlip(pl *plan, contentRange string, bodyLen int64) {
+	if pl.flip == nil || bodyLen == 0 {
+		return
+	}
+	at := pl.flip.Offset
+	if !pl.flip.Body {
+		if start, ok := rangeStart(contentRange); ok {
+			at -= start
+		}
+	}
+	if at < 0 || (bodyLen >= 0 && at >= bodyLen) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.take(kindFlip) {
+		pl.flipAt = at
+		p.injected++
+	}
+}
+
+// rangeStart parses the first byte of "bytes A-B/N".
+func rangeStart(v string) (int64, bool) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
+	if !ok {
+		return 0, false
+	}
+	a, _, ok := strings.Cut(rest, "-")
+	start, err := strconv.ParseInt(strings.TrimSpace(a), 10, 64)
+	return start, ok && err == nil
 }
 
 // Hop-by-hop headers, which a proxy must not forward.
@@ -339,6 +409,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		bodyLen = 0
 	}
 	p.arm(&pl, bodyLen)
+	p.armFlip(&pl, resp.Header.Get("Content-Range"), bodyLen)
 
 	removeHop(resp.Header)
 	for k, v := range resp.Header {
@@ -384,6 +455,9 @@ func (p *Proxy) copyBody(w http.ResponseWriter, r *http.Request, body io.Reader,
 			continue
 		}
 		n, err := body.Read(chunk)
+		if at := pl.flipAt; at >= sent && at < sent+int64(n) {
+			chunk[at-sent] ^= 1 << (pl.flip.Bit & 7)
+		}
 		if n > 0 {
 			if _, werr := w.Write(chunk[:n]); werr != nil {
 				return
