@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/model-streamer/model-streamer/go/integrity"
 	"github.com/model-streamer/model-streamer/go/storage"
 	"github.com/model-streamer/model-streamer/go/storage/azure"
 	"github.com/model-streamer/model-streamer/go/storage/fs"
@@ -24,6 +25,7 @@ type request struct {
 	mode        fs.Mode
 	settings    storage.Settings
 	retry       storage.RetryPolicy
+	verify      integrity.Mode // MODEL_STREAMER_VERIFY
 }
 
 func parseConfig(config *cConfig) (request, error) {
@@ -48,6 +50,11 @@ func parseConfig(config *cConfig) (request, error) {
 		}
 		r.settings[k] = v
 	}
+	verify, err := integrity.FromSettings(r.settings)
+	if err != nil {
+		return r, err
+	}
+	r.verify = verify
 	r.retry = storage.DefaultRetryPolicy
 	if v := r.settings["MODEL_STREAMER_MAX_RETRIES"]; v != "" {
 		n, err := strconv.Atoi(v)

@@ -22,6 +22,7 @@ import (
 	"unsafe"
 
 	"github.com/model-streamer/model-streamer/go/fetch"
+	"github.com/model-streamer/model-streamer/go/integrity"
 	"github.com/model-streamer/model-streamer/go/safetensors"
 	"github.com/model-streamer/model-streamer/go/storage"
 	"github.com/model-streamer/model-streamer/go/stream"
@@ -71,6 +72,8 @@ func code(err error) C.int {
 		return C.MS_ERR_CLOSED
 	case errors.As(err, &mle):
 		return C.MS_ERR_MEMORY_LIMIT
+	case errors.Is(err, integrity.ErrChecksum):
+		return C.MS_ERR_CHECKSUM
 	case errors.Is(err, safetensors.ErrInvalid), errors.Is(err, stream.ErrInvalidRequest):
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
@@ -128,6 +131,7 @@ func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.i
 	}
 	cfg := stream.DefaultConfig(req.registry())
 	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
+	cfg.Verify = req.verify
 	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -186,6 +190,7 @@ func msgo_stream_open_ranges(uris **C.char, nURIs C.int32_t, nRanges *C.int32_t,
 	}
 	cfg := stream.DefaultConfig(req.registry())
 	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
+	cfg.Verify = req.verify
 	s, err := stream.OpenRanges(context.Background(), cfg, reqs)
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -216,6 +221,15 @@ type fileJSON struct {
 	Size       int64        `json:"size"`
 	Strategy   string       `json:"strategy"`
 	Tensors    []tensorJSON `json:"tensors"`
+	Verify     *verifyJSON  `json:"verify,omitempty"`
+}
+
+// verifyJSON says whether the file is checked against its store's checksum.
+type verifyJSON struct {
+	Algorithm string `json:"algorithm,omitempty"`
+	Source    string `json:"source,omitempty"`
+	Expected  string `json:"expected,omitempty"`
+	Skipped   string `json:"skipped,omitempty"`
 }
 
 func metadataJSON(s *stream.Stream) []byte { return filesJSON(s.Files()) }
@@ -228,6 +242,9 @@ func filesJSON(files []stream.FileInfo) []byte {
 		fj := fileJSON{URI: f.URI, Size: f.Size, Strategy: f.Strategy, Tensors: make([]tensorJSON, len(f.Tensors))}
 		if f.Header != nil { // nil for byte ranges (ms_stream_open_ranges): offsets are absolute
 			fj.DataOffset = f.Header.DataOffset
+		}
+		if v := f.Verify; v != (stream.Verification{}) {
+			fj.Verify = &verifyJSON{Algorithm: string(v.Algorithm), Source: v.Source, Expected: v.Expected, Skipped: v.Skipped}
 		}
 		for i, t := range f.Tensors {
 			shape := t.Shape
@@ -427,7 +444,8 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 		return fail(errBuf, errLen, err)
 	}
 	defer obj.Close()
-	opts := fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry}
+	opts := fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry,
+		Verify: req.verify, URI: C.GoString(uri)}
 	if c, ch, ok := reg.Tuning(C.GoString(uri)); ok {
 		opts.Concurrency = cmp.Or(opts.Concurrency, c)
 		opts.ChunkBytes = cmp.Or(opts.ChunkBytes, ch)

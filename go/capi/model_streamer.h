@@ -46,6 +46,9 @@ extern "C" {
 #define MS_ERR_CANCELED 10
 #define MS_ERR_INTERNAL 11 /* a bug: a recovered panic */
 #define MS_ERR_FORKED 12   /* called in a child after fork() */
+#define MS_ERR_CHECKSUM 13 /* bytes read do not match the store's checksum, or
+                            * MODEL_STREAMER_VERIFY=require and an object
+                            * cannot be verified (see ms_stream_next) */
 
 #define MS_READ_AUTO 0     /* per file: mmap when cached, O_DIRECT when not */
 #define MS_READ_BUFFERED 1 /* pread through the page cache */
@@ -107,7 +110,9 @@ int ms_stream_open(const char *const *uris, int32_t n_uris,
  *            "tensors":[{"name":"...","dtype":"F32","shape":[..],
  *                        "offsets":[begin,end]}, ...]}, ...]}
  * "tensors" lists the requested tensors in file-offset order; offsets are
- * relative to the data section. Writes at most buf_len bytes (NUL included)
+ * relative to the data section. Each file may carry "verify":
+ * {"algorithm","source","expected"} when it is verified against its store's
+ * checksum, or {"skipped": reason} when it is not. Writes at most buf_len bytes (NUL included)
  * and sets *needed to the full length + 1; if buf_len < *needed nothing
  * useful is written and the call returns MS_ERR_INVALID_ARGUMENT. */
 int ms_stream_metadata(int64_t handle, char *buf, size_t buf_len,
@@ -119,7 +124,13 @@ int ms_stream_metadata(int64_t handle, char *buf, size_t buf_len,
  * error that stopped the stream. Waiting while every buffer is held by
  * unreleased tokens lets the readers go on in memory outside the buffer
  * (never past a limit for long: see the memory limit); timeout_ms == 0
- * only peeks and never does that. */
+ * only peeks and never does that.
+ * Integrity (setting MODEL_STREAMER_VERIFY = auto | off | require): a file
+ * read whole whose store keeps a whole-object checksum is verified; its
+ * last tensors are handed out only after the check passed, so on a
+ * mismatch this returns MS_ERR_CHECKSUM ("URI: checksum mismatch: ALG
+ * expected HEX, computed HEX (...)") before that file's last tensors, and
+ * MS_ERR_END is never returned for the stream. */
 int ms_stream_next(int64_t handle, ms_tensor *out, int32_t max, int32_t *n,
                    int32_t timeout_ms, char *err, size_t err_len);
 
@@ -147,7 +158,9 @@ void ms_free(char *p);
 
 /* Copies the object at uri to the local file path, reading ranges in
  * parallel; the file is written under a temporary name in the same
- * directory and renamed into place when complete. */
+ * directory and renamed into place when complete and verified
+ * (MODEL_STREAMER_VERIFY, as for streams): on MS_ERR_CHECKSUM, as on any
+ * failure, nothing is left at path and the temporary file is removed. */
 int ms_download(const char *uri, const char *path, const ms_config *config,
                 char *err, size_t err_len);
 

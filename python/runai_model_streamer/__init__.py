@@ -18,6 +18,7 @@ import os as _os
 import sys as _sys
 
 from runai_model_streamer.exceptions import (
+    RunaiStreamerChecksumError,
     RunaiStreamerError,
     RunaiStreamerFileNotFoundError,
     RunaiStreamerForkError,
@@ -56,6 +57,7 @@ __all__ = [
     "RunaiStreamerPermissionError",
     "RunaiStreamerIOError",
     "RunaiStreamerForkError",
+    "RunaiStreamerChecksumError",
 ]
 
 _logger = _logging.getLogger(__name__)

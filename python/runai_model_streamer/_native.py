@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -27,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import cffi
 
 from runai_model_streamer.exceptions import (
+    RunaiStreamerChecksumError,
     RunaiStreamerError,
     RunaiStreamerFileNotFoundError,
     RunaiStreamerForkError,
@@ -67,6 +69,7 @@ MS_ERR_BAD_HANDLE = 9
 MS_ERR_CANCELED = 10
 MS_ERR_INTERNAL = 11
 MS_ERR_FORKED = 12
+MS_ERR_CHECKSUM = 13
 
 CODE_NAMES = {
     MS_OK: "MS_OK",
@@ -82,7 +85,10 @@ CODE_NAMES = {
     MS_ERR_CANCELED: "MS_ERR_CANCELED",
     MS_ERR_INTERNAL: "MS_ERR_INTERNAL",
     MS_ERR_FORKED: "MS_ERR_FORKED",
+    MS_ERR_CHECKSUM: "MS_ERR_CHECKSUM",
 }
+
+_logger = logging.getLogger("runai_model_streamer")
 
 ERR_BUF_LEN = 16384
 DEFAULT_BATCH = 256
@@ -260,6 +266,8 @@ def error_for(code: int, message: str) -> RunaiStreamerError:
         return RunaiStreamerForkError(FORK_MESSAGE, code)
     if code == MS_ERR_IO:
         return RunaiStreamerIOError(message, code)
+    if code == MS_ERR_CHECKSUM:
+        return RunaiStreamerChecksumError(message, code)
     return RunaiStreamerError(message, code)
 
 
@@ -359,6 +367,19 @@ def download(uri: str, path: str, *, concurrency: int = 0, chunk_bytes: int = 0,
     rc = fn(uri.encode("utf-8"), os.fsencode(path), config, err, ERR_BUF_LEN)
     if rc != MS_OK:
         raise error_for(rc, _message(ffi, err))
+
+
+def _log_verification(meta: Dict[str, Any]) -> None:
+    """One DEBUG line per file on how it is checked (MODEL_STREAMER_VERIFY)."""
+    if not _logger.isEnabledFor(logging.DEBUG):
+        return
+    for f in meta.get("files") or []:
+        v = f.get("verify") or {}
+        if v.get("algorithm"):
+            _logger.debug("[model-streamer] %s: verified against %s %s (%s)", f.get("uri"),
+                          v["algorithm"], v.get("expected", ""), v.get("source", ""))
+        elif v.get("skipped"):
+            _logger.debug("[model-streamer] %s: not verified: %s", f.get("uri"), v["skipped"])
 
 
 def _has_field(ffi: cffi.FFI, struct: str, field: str) -> bool:
@@ -496,7 +517,9 @@ class Stream:
             buf = ffi.new("char[]", size)
             rc = lib.ms_stream_metadata(self.handle, buf, size, needed, err, ERR_BUF_LEN)
             if rc == MS_OK:
-                return json.loads(ffi.string(buf).decode("utf-8"))
+                meta = json.loads(ffi.string(buf).decode("utf-8"))
+                _log_verification(meta)
+                return meta
             if needed[0] > size:
                 size = int(needed[0])
                 continue

@@ -6,6 +6,7 @@ library's message (which names the file, the byte range and the cause).
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RunaiStreamerPermissionError",
     "RunaiStreamerIOError",
     "RunaiStreamerForkError",
+    "RunaiStreamerChecksumError",
 ]
 
 
@@ -60,3 +62,38 @@ class RunaiStreamerIOError(RunaiStreamerError):
 
 class RunaiStreamerForkError(RunaiStreamerError):
     """The library was used in a child forked after it had been loaded."""
+
+
+_MISMATCH = re.compile(
+    r"^(?P<uri>.*?): checksum mismatch: (?P<algorithm>[a-z0-9]+) expected (?P<expected>[0-9a-f]+), "
+    r"computed (?P<computed>[0-9a-f]+)"
+)
+_UNVERIFIABLE = re.compile(r"^(?P<uri>.*?): MODEL_STREAMER_VERIFY=require: ")
+
+
+class RunaiStreamerChecksumError(RunaiStreamerError):
+    """The bytes read from storage do not match the checksum the store keeps
+    for the object (a bit flipped between the store and this process, or a
+    wrong stored checksum), or MODEL_STREAMER_VERIFY=require and an object
+    cannot be verified.
+
+    Attributes (``None`` where the message does not say): ``uri``, the
+    object; ``algorithm`` (``"crc32c"``, ``"crc32"``, ``"crc64nvme"``,
+    ``"md5"``); ``expected``, the store's value, and ``computed``, the value
+    of the bytes read, both in lower-case hex.
+    """
+
+    def __init__(self, message: str, code: Optional[int] = None) -> None:
+        super().__init__(message, code)
+        self.uri: Optional[str] = None
+        self.algorithm: Optional[str] = None
+        self.expected: Optional[str] = None
+        self.computed: Optional[str] = None
+        m = _MISMATCH.match(message)
+        if m:
+            self.uri, self.algorithm = m.group("uri"), m.group("algorithm")
+            self.expected, self.computed = m.group("expected"), m.group("computed")
+        else:
+            m = _UNVERIFIABLE.match(message)
+            if m:
+                self.uri = m.group("uri")
