@@ -429,3 +429,41 @@ func TestVerifyMD5InOrder(t *testing.T) {
 		}
 	}
 }
+
+// An object with no tensor bytes is all header: verified at open, so a
+// flip fails Open itself.
+func TestVerifyHeaderOnlyObject(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "empty.safetensors")
+	if _, err := sttest.Write(path, []sttest.Tensor{{Name: "nothing", DType: "F32", Shape: []int64{0, 3}}}, 1); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := objects(t)[2] // s3/crc32c: its registry and proxy
+	minio := testserver.SharedMinIO(t)
+	bucket := strings.TrimPrefix(o.uri, "s3://")
+	bucket = bucket[:strings.Index(bucket, "/")]
+	minio.PutObjectChecksum(t, bucket, "empty.safetensors", data, checksum.CRC32C)
+	uri := "s3://" + bucket + "/empty.safetensors"
+	s, err := stream.Open(context.Background(), o.config(integrity.Require), []string{uri}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := s.Files()[0].Verify; v.Algorithm != checksum.CRC32C {
+		t.Fatalf("Verify = %+v", v)
+	}
+	if err, seen, _ := consume(t, s, map[string][]byte{"nothing": {}}); err != nil || seen != 1 {
+		t.Fatalf("err %v, %d tensors", err, seen)
+	}
+	s.Close()
+	name := bytes.Index(data, []byte(`"nothing"`)) + 1
+	o.proxy.Set(faultproxy.Fault{Flip: &faultproxy.Flip{Offset: int64(name), Bit: 5, Count: 1}})
+	t.Cleanup(o.proxy.Clear)
+	_, err = stream.Open(context.Background(), o.config(integrity.Auto), []string{uri}, nil)
+	var me *integrity.MismatchError
+	if !errors.As(err, &me) || !strings.Contains(err.Error(), uri) {
+		t.Fatalf("flipped header: %v", err)
+	}
+}
