@@ -24,6 +24,13 @@ slot alignment, "align"), "init_world1": false, "caller_collectives":
 false (the caller runs all_reduces of its own, on the default group and on a
 group it created, before, during (every 5 tensors) and after the streaming;
 their sums go to the result's "collectives")}.
+
+"kind": "ranges" streams byte ranges with a DistributedStreamer instead:
+"requests": [{"id", "path", "offsets", "sizes"}], "rank_cwd": {rank: dir}
+(the worker runs the request from that directory, so a relative path can
+name a file one rank lacks); "digests" then maps "id:index" to each chunk's
+[dtype, shape, sha256], and the result has "ring_info" and "storages" ([the
+distinct storages of the non-empty chunks kept (owned=True), their number]).
 """
 
 from __future__ import annotations
@@ -109,9 +116,129 @@ def _inject(inject, rank):
     return hook, lambda: None
 
 
-def run_scenario(sc, rank):
+def _streams_tensors(sc, rank, result, hook):
+    """A SafetensorsStreamer scenario."""
     from runai_model_streamer import SafetensorsStreamer
 
+    names = (sc.get("rank_tensor_names") or {}).get(str(rank), sc.get("tensor_names"))
+    owned = bool(sc.get("owned", True))
+    kept = {}
+    device = sc.get("device", "cpu").replace("{rank}", str(rank))
+    collective = None
+    if sc.get("caller_collectives"):
+        result["collectives"] = []
+        own_group = dist.new_group(list(range(dist.get_world_size())))
+
+        def collective():
+            for group in (None, own_group):
+                t = torch.tensor([rank + 1], dtype=torch.int64)
+                dist.all_reduce(t, group=group)
+                result["collectives"].append(int(t.item()))
+
+        collective()
+    with SafetensorsStreamer() as streamer:
+        streamer.stream_files(sc["paths"], device=device,
+                              is_distributed=sc.get("is_distributed", True),
+                              tensor_names=names, owned=owned)
+        cut = sc.get("truncate_after_open")
+        if cut:  # every rank has opened its share: now the file loses its tail
+            dist.barrier()
+            if rank == 0:
+                os.truncate(cut["path"], int(cut["size"]))
+            dist.barrier()
+        result["total_size"] = streamer.total_size
+        result["n_meta"] = sum(len(v) for v in streamer.files_to_tensors_metadata.values())
+        dstream = streamer._dist
+        result["distributed"] = dstream is not None
+        count = 0
+        try:
+            for name, tensor in streamer.get_tensors():
+                if name in result["digests"]:
+                    result.setdefault("duplicates", []).append(name)
+                result["digests"][name] = digest(tensor)
+                result.setdefault("devices", {})[str(tensor.device)] = 1
+                if sc.get("record_ptrs"):
+                    result.setdefault("ptrs", {})[name] = tensor.data_ptr()
+                if owned:
+                    kept[name] = tensor
+                count += 1
+                if hook is not None:
+                    hook(count)
+                if collective is not None and count % 5 == 0:
+                    collective()
+        except StopIteration:
+            pass  # close_early: the consumer stops
+        if collective is not None:
+            collective()
+        result["stats"] = streamer.stats()
+        _exchange_facts(result, dstream, sc)
+    # owned=True: the tensors are the caller's, after the loop and close().
+    result["kept_ok"] = all(digest(t) == result["digests"][n] for n, t in kept.items())
+
+
+def _exchange_facts(result, dstream, sc):
+    if dstream is None:
+        return
+    result["rounds"] = dstream.rounds
+    result["bytes_sent"] = dstream.bytes_sent
+    result["bytes_received"] = dstream.bytes_received
+    result["group"] = list(dstream.entry.ranks)
+    if sc.get("record_ptrs"):
+        plan = dstream.plan
+        result["owners"] = {_key_text(dstream.ranges.key(g)): plan.owners[g]
+                            for g in range(plan.count)}
+        result["align"] = plan.align
+
+
+def _key_text(key):
+    return key if isinstance(key, str) else f"{key[0]}:{key[1]}"
+
+
+def _streams_ranges(sc, rank, result, hook):
+    """A DistributedStreamer scenario: "requests" [{"id", "path", "offsets",
+    "sizes"}]; result "digests" maps "id:index" to [dtype, shape, sha256]."""
+    from runai_model_streamer.distributed_streamer import DistributedStreamer
+    from runai_model_streamer.file_streamer import FileChunks
+
+    owned = bool(sc.get("owned", True))
+    requests = [FileChunks(r["id"], r["path"], r["offsets"], r["sizes"])
+                for r in sc["requests"]]
+    device = sc.get("device", "cpu").replace("{rank}", str(rank))
+    kept = {}
+    cwd = (sc.get("rank_cwd") or {}).get(str(rank))
+    old_cwd = os.getcwd()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        with DistributedStreamer() as streamer:
+            streamer.stream_files(requests, None, device, sc.get("is_distributed", True),
+                                  owned=owned)
+            dstream = streamer._dstream
+            result["distributed"] = streamer.is_distributed
+            result["ring_info"] = streamer.ring_info()
+            count = 0
+            for file_id, index, chunk in streamer.get_chunks():
+                key = f"{file_id}:{index}"
+                if key in result["digests"]:
+                    result.setdefault("duplicates", []).append(key)
+                result["digests"][key] = digest(chunk)
+                if sc.get("record_ptrs"):
+                    result.setdefault("ptrs", {})[key] = chunk.data_ptr()
+                if owned:
+                    kept[key] = chunk
+                count += 1
+                if hook is not None:
+                    hook(count)
+            result["stats"] = streamer.stats()
+            _exchange_facts(result, dstream, sc)
+    finally:
+        os.chdir(old_cwd)
+    result["kept_ok"] = all(digest(t) == result["digests"][k] for k, t in kept.items())
+    nonempty = [t for t in kept.values() if t.numel()]
+    result["storages"] = [len({t.untyped_storage().data_ptr() for t in nonempty}), len(nonempty)]
+
+
+def run_scenario(sc, rank):
     saved = dict(os.environ)
     env = dict(sc.get("env") or {})
     env.update((sc.get("rank_env") or {}).get(str(rank), {}))
@@ -124,74 +251,15 @@ def run_scenario(sc, rank):
     old_level = logger.level
     logger.setLevel(logging.DEBUG)
     hook, undo = _inject(sc.get("inject"), rank)
-    names = (sc.get("rank_tensor_names") or {}).get(str(rank), sc.get("tensor_names"))
-    owned = bool(sc.get("owned", True))
     result = {"name": sc["name"], "rank": rank, "error": None, "digests": {}, "stats": {}}
     start = time.monotonic()
     try:
         if sc.get("init_world1"):
             dist.init_process_group("gloo", init_method=sc["init_world1"], rank=0, world_size=1)
-        kept = {}
-        device = sc.get("device", "cpu").replace("{rank}", str(rank))
-        collective = None
-        if sc.get("caller_collectives"):
-            result["collectives"] = []
-            own_group = dist.new_group(list(range(dist.get_world_size())))
-
-            def collective():
-                for group in (None, own_group):
-                    t = torch.tensor([rank + 1], dtype=torch.int64)
-                    dist.all_reduce(t, group=group)
-                    result["collectives"].append(int(t.item()))
-
-            collective()
-        with SafetensorsStreamer() as streamer:
-            streamer.stream_files(sc["paths"], device=device,
-                                  is_distributed=sc.get("is_distributed", True),
-                                  tensor_names=names, owned=owned)
-            cut = sc.get("truncate_after_open")
-            if cut:  # every rank has opened its share: now the file loses its tail
-                dist.barrier()
-                if rank == 0:
-                    os.truncate(cut["path"], int(cut["size"]))
-                dist.barrier()
-            result["total_size"] = streamer.total_size
-            result["n_meta"] = sum(len(v) for v in streamer.files_to_tensors_metadata.values())
-            dstream = streamer._dist
-            result["distributed"] = dstream is not None
-            count = 0
-            try:
-                for name, tensor in streamer.get_tensors():
-                    if name in result["digests"]:
-                        result.setdefault("duplicates", []).append(name)
-                    result["digests"][name] = digest(tensor)
-                    result.setdefault("devices", {})[str(tensor.device)] = 1
-                    if sc.get("record_ptrs"):
-                        result.setdefault("ptrs", {})[name] = tensor.data_ptr()
-                    if owned:
-                        kept[name] = tensor
-                    count += 1
-                    if hook is not None:
-                        hook(count)
-                    if collective is not None and count % 5 == 0:
-                        collective()
-            except StopIteration:
-                pass  # close_early: the consumer stops
-            if collective is not None:
-                collective()
-            result["stats"] = streamer.stats()
-            if dstream is not None:
-                result["rounds"] = dstream.rounds
-                result["bytes_sent"] = dstream.bytes_sent
-                result["bytes_received"] = dstream.bytes_received
-                result["group"] = list(dstream.entry.ranks)
-                if sc.get("record_ptrs"):
-                    plan = dstream.plan
-                    result["owners"] = {dstream.ranges.key(g): plan.owners[g]
-                                        for g in range(plan.count)}
-                    result["align"] = plan.align
-        # owned=True: the tensors are the caller's, after the loop and close().
-        result["kept_ok"] = all(digest(t) == result["digests"][n] for n, t in kept.items())
+        if sc.get("kind") == "ranges":
+            _streams_ranges(sc, rank, result, hook)
+        else:
+            _streams_tensors(sc, rank, result, hook)
     except BaseException as e:  # noqa: BLE001 - reported to the test
         result["error"] = f"{type(e).__name__}: {e}"
         result["error_mro"] = [c.__name__ for c in type(e).__mro__]

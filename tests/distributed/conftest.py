@@ -126,7 +126,8 @@ def checkpoints(tmp_path_factory) -> Dict[str, List[Path]]:
     """mixed: random files (every dtype, odd unaligned tensors) plus a file of
     larger tensors; one_file: one file of three 96 KiB tensors; huge: one 64 MiB
     tensor; many: two files of 100 small tensors (8-16 KiB) each; solo: small
-    tensors and 1.5 MiB ones (which travel alone) in one file."""
+    tensors and 1.5 MiB ones (which travel alone) in one file; f4: F4 tensors
+    (torch.float4_e2m1fn_x2) among others."""
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("dist-ckpt")
@@ -163,5 +164,72 @@ def checkpoints(tmp_path_factory) -> Dict[str, List[Path]]:
         n = 393216 if i % 6 == 0 else 1000 + i
         tensors[f"solo.{i}"] = torch.randn(n, generator=g)
     save_file(tensors, str(solo))
+    # F4 (torch.float4_e2m1fn_x2): two 4-bit values per byte, so the header's
+    # last dimension is twice the torch tensor's. One large (sent alone), two
+    # small (packed) among other dtypes.
+    f4 = root / "f4" / "f4.safetensors"
+    f4.parent.mkdir()
+
+    def packed(*shape):
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).view(
+            torch.float4_e2m1fn_x2)
+
+    save_file({"f4.big": packed(1536, 1024), "f4.small": packed(64, 33), "f4.tiny": packed(3),
+               "f4.norm": torch.randn(1000, generator=g),
+               "f4.bias": torch.randn(77, generator=g).to(torch.bfloat16)}, str(f4))
     return {"mixed": mixed + [big_path], "one_file": [one], "huge": [huge], "many": many,
-            "solo": [solo]}
+            "solo": [solo], "f4": [f4]}
+
+
+# ---------------------------------------------------------------------------
+# DistributedStreamer: byte ranges
+# ---------------------------------------------------------------------------
+
+def chunk_digests(requests: Sequence[dict], root: Optional[Path] = None) -> Dict[str, list]:
+    """"id:index" -> [dtype, shape, sha256] of every range of requests
+    ({"id", "path", "offsets", "sizes"}), read with plain file reads (a
+    relative path is read below root)."""
+    out = {}
+    for r in requests:
+        path = Path(r["path"])
+        with open(path if path.is_absolute() or root is None else root / path, "rb") as f:
+            for i, (offset, size) in enumerate(zip(r["offsets"], r["sizes"])):
+                f.seek(offset)
+                data = f.read(size)
+                assert len(data) == size, (r["path"], i)
+                out[f"{r['id']}:{i}"] = ["torch.uint8", [1, size], hashlib.sha256(data).hexdigest()]
+    return out
+
+
+def union_bytes(requests: Sequence[dict]) -> int:
+    """Bytes the ranges of requests cover, each byte of a file counted once."""
+    total = 0
+    by_path: Dict[str, list] = {}
+    for r in requests:
+        by_path.setdefault(r["path"], []).extend(
+            (o, o + n) for o, n in zip(r["offsets"], r["sizes"]) if n > 0)
+    for spans in by_path.values():
+        end = -1
+        for b, e in sorted(spans):
+            if b > end:
+                total += e - b
+            elif e > end:
+                total += e - end
+            end = max(end, e)
+    return total
+
+
+def assert_every_chunk(results: Dict[int, dict], expected: Dict[str, list]) -> None:
+    """Every rank got every range once, byte for byte (dtype uint8, shape
+    (1, size), the file's bytes)."""
+    for rank, r in sorted(results.items()):
+        assert r["error"] is None, f"rank {rank}: {r['error']}\n{r.get('traceback')}"
+        assert not r.get("duplicates"), f"rank {rank}: delivered twice: {r['duplicates'][:5]}"
+        got = r["digests"]
+        missing = sorted(set(expected) - set(got))
+        extra = sorted(set(got) - set(expected))
+        assert not missing and not extra, f"rank {rank}: missing {missing[:5]}, extra {extra[:5]}"
+        wrong = [k for k in expected if got[k] != expected[k]]
+        assert not wrong, (f"rank {rank}: {len(wrong)} range(s) differ, e.g. {wrong[0]}: "
+                           f"{got[wrong[0]]} != {expected[wrong[0]]}")
+        assert r.get("kept_ok", True), f"rank {rank}: an owned chunk changed after the loop"

@@ -16,12 +16,15 @@ import pytest
 
 from .conftest import (
     BUFFERED,
+    assert_every_chunk,
     assert_every_tensor,
     assert_failed_everywhere,
     assert_read_once,
+    chunk_digests,
     expected_digests,
     launch,
     tensor_bytes_total,
+    union_bytes,
 )
 
 ON = dict(BUFFERED, RUNAI_STREAMER_DIST="1", RUNAI_STREAMER_DIST_TIMEOUT="30")
@@ -76,20 +79,39 @@ def two(checkpoints, tmp_path_factory):
         {"name": "after_close_early", "paths": mixed, "env": dict(ON, RUNAI_STREAMER_DIST_GLOBAL="1")},
         {"name": "caller_collectives", "paths": paths_of(checkpoints, "many"), "owned": False,
          "caller_collectives": True, "env": dict(ON, **SMALL_ROUNDS)},
+        {"name": "f4", "paths": paths_of(checkpoints, "f4"), "env": ON},
+        {"name": "f4_views", "paths": paths_of(checkpoints, "f4"), "owned": False,
+         "env": dict(ON, **SMALL_ROUNDS)},
     ]
     return launch(tmp_path_factory.mktemp("two"), 2, scenarios)
 
 
 @pytest.mark.parametrize("scenario", ["local", "global_rounds", "one_file", "huge", "solo",
                                       "solo_views", "after_read_error", "after_close_early",
-                                      "caller_collectives"])
+                                      "caller_collectives", "f4", "f4_views"])
 def test_two_processes_every_tensor_read_once(two, checkpoints, scenario):
     key = {"one_file": "one_file", "huge": "huge", "global_rounds": "many", "solo": "solo",
-           "solo_views": "solo", "caller_collectives": "many"}.get(scenario, "mixed")
+           "solo_views": "solo", "caller_collectives": "many", "f4": "f4",
+           "f4_views": "f4"}.get(scenario, "mixed")
     results = two.of(scenario)
     assert_every_tensor(results, expected_digests(checkpoints[key]))
     assert all(r["distributed"] for r in results.values())
     assert_read_once(results, tensor_bytes_total(checkpoints[key]), [[0, 1]])
+
+
+def test_f4_tensors_keep_their_packed_shape(two):
+    """F4 holds two values a byte: each rank yields torch.float4_e2m1fn_x2
+    tensors whose last dimension is half the header's, the ones it read and
+    the ones it received alike (every tensor is checked byte for byte
+    against safetensors.safe_open above)."""
+    for scenario in ("f4", "f4_views"):
+        results = two.of(scenario)
+        assert all(r["distributed"] for r in results.values())
+        for r in results.values():
+            assert r["digests"]["f4.big"][:2] == ["torch.float4_e2m1fn_x2", [1536, 1024]]
+            assert r["digests"]["f4.small"][:2] == ["torch.float4_e2m1fn_x2", [64, 33]]
+        # Each rank read part: the large one came from the other to one of them.
+        assert all(r["stats"]["bytes_read"] > 0 for r in results.values())
 
 
 def test_caller_collectives_interleave_with_the_exchange(two):
@@ -317,17 +339,32 @@ def test_four_failing_rank(four):
 
 
 # ---------------------------------------------------------------------------
-# One process: no group, a group of one
+# One process: no group, a group of one (SafetensorsStreamer, DistributedStreamer)
 # ---------------------------------------------------------------------------
 
 def test_single_process_fallbacks(checkpoints, tmp_path):
     mixed = paths_of(checkpoints, "mixed")
+    ranges = [{"id": i, "path": p, "offsets": [0, 8, 4], "sizes": [8, 100, 50]}
+              for i, p in enumerate(mixed)]
     scenarios = [
         {"name": "not_initialised", "paths": mixed, "env": ON},
+        {"name": "ranges_not_initialised", "kind": "ranges", "requests": ranges, "env": ON},
         {"name": "world_of_one", "paths": mixed, "env": ON,
          "init_world1": f"file://{tmp_path / 'rdv1'}"},
+        # The world of one is still initialised.
+        {"name": "ranges_world_of_one", "kind": "ranges", "requests": ranges, "env": ON},
     ]
     run = launch(tmp_path / "single", 1, scenarios, init=False)
+    # DistributedStreamer delegates to FileStreamer, after one log line.
+    expected = chunk_digests(ranges)
+    for name, why in (("ranges_not_initialised", "torch.distributed is not initialised"),
+                      ("ranges_world_of_one", "the world has one process")):
+        results = run.of(name)
+        assert_every_chunk(results, expected)
+        r = results[0]
+        assert not r["distributed"] and r["stats"]["bytes_read"] == union_bytes(ranges)
+        lines = [l for l in r["logs"] if "distributed streaming off" in l]
+        assert len(lines) == 1 and why in lines[0], r["logs"]
     expected = expected_digests(checkpoints["mixed"])
     total = tensor_bytes_total(checkpoints["mixed"])
     for name, why in (("not_initialised", "torch.distributed is not initialised"),

@@ -1,4 +1,5 @@
-"""Distributed streaming from object storage (MinIO, S3 API), over gloo.
+"""Distributed streaming from object storage (MinIO, S3 API), over gloo:
+SafetensorsStreamer's tensors and DistributedStreamer's byte ranges.
 
 Reading the headers of object storage files without their data needs the
 library's ms_read_headers; with a library that lacks it, distributed streaming
@@ -7,17 +8,21 @@ falls back (one log line) and the first test checks exactly that."""
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 
 from runai_model_streamer import _native
 
 from .conftest import (
+    assert_every_chunk,
     assert_every_tensor,
     assert_read_once,
+    chunk_digests,
     expected_digests,
     launch,
     tensor_bytes_total,
+    union_bytes,
 )
 
 
@@ -45,6 +50,16 @@ def test_minio_two_processes(minio, checkpoints, tmp_path):
 
     uris = [servers.minio_put_object(minio, "dist", f"ckpt/{p.name}", p.read_bytes())
             for p in checkpoints["mixed"]]
+    rng = random.Random(5)
+    ranges = []  # (request over the object, its local copy)
+    for i, (uri, p) in enumerate(zip(uris, checkpoints["mixed"])):
+        size = p.stat().st_size
+        spans = [(rng.randrange(size), 0) for _ in range(2)]
+        spans = [(o, rng.randrange(min(size - o, 70_000) + 1)) for o, _ in spans]
+        spans += [(0, size), (size // 3, size // 3), (size, 0)]
+        rng.shuffle(spans)
+        ranges.append(({"id": i, "path": uri, "offsets": [o for o, _ in spans],
+                        "sizes": [n for _, n in spans]}, p))
     env = {
         "AWS_ENDPOINT_URL": minio["endpoint"],
         "AWS_EC2_METADATA_DISABLED": "true",
@@ -61,6 +76,13 @@ def test_minio_two_processes(minio, checkpoints, tmp_path):
                      RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE="64KiB")},
         # auto: on by default only for CUDA devices.
         {"name": "auto_cpu", "paths": uris, "env": env, "unset": ["RUNAI_STREAMER_DIST"]},
+        # DistributedStreamer: byte ranges of the objects (no header read).
+        {"name": "ranges", "kind": "ranges", "requests": [r for r, _ in ranges],
+         "env": dict(env, RUNAI_STREAMER_DIST="1")},
+        {"name": "ranges_rounds", "kind": "ranges", "requests": [r for r, _ in ranges],
+         "owned": False, "env": dict(env, RUNAI_STREAMER_DIST="1",
+                                     RUNAI_STREAMER_MEMORY_LIMIT="0",
+                                     RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE="64KiB")},
     ]
     run = launch(tmp_path, 2, scenarios)
     expected = expected_digests(checkpoints["mixed"])
@@ -75,6 +97,17 @@ def test_minio_two_processes(minio, checkpoints, tmp_path):
             for r in results.values():
                 assert not r["distributed"] and r["stats"]["bytes_read"] == total
                 assert any("no ms_read_headers" in line for line in r["logs"]), r["logs"]
+    # The same ranges read from the local copies.
+    local = [dict(r, path=str(p)) for r, p in ranges]
+    expected_chunks = chunk_digests(local)
+    for name in ("ranges", "ranges_rounds"):
+        results = run.of(name)
+        assert_every_chunk(results, expected_chunks)
+        assert all(r["distributed"] for r in results.values())
+        read = sum(r["stats"]["bytes_read"] for r in results.values())
+        if name == "ranges":  # (with the memory limit, overlaps may be read twice)
+            assert read == union_bytes(local), (read, union_bytes(local))
+        assert all(r["stats"]["bytes_read"] > 0 for r in results.values())
     results = run.of("auto_cpu")
     assert_every_tensor(results, expected)
     for r in results.values():

@@ -118,6 +118,125 @@ def test_fallback_reason(monkeypatch, mode, scheme, dev, fake, reader, why):
         assert reason is not None and why in reason, reason
 
 
+@pytest.mark.parametrize("asked,mode,dev,fake,why", [
+    (False, "1", "cpu", _FakeDist("gloo"), "silent"),
+    (True, "0", "cpu", _FakeDist("gloo"), "RUNAI_STREAMER_DIST=0"),
+    (True, "1", "cpu", _FakeDist(initialized=False), "not initialised"),
+    (True, "1", "cpu", _FakeDist(world=1), "the world has one process"),
+    (True, "1", "cuda:0", _FakeDist("gloo"), "cannot broadcast cuda tensors"),
+    (True, "1", "cpu", _FakeDist("nccl"), "cannot broadcast cpu tensors"),
+    (True, "auto", "cpu", _FakeDist("gloo"), "on by default only over the nccl backend"),
+    (True, None, "cpu", _FakeDist("cpu:gloo,cuda:nccl"), "only over the nccl backend"),
+    (True, "auto", "cpu", _FakeDist("nccl"), "cannot broadcast cpu tensors"),
+    # distributed:
+    (True, "1", "cpu", _FakeDist("gloo"), None),
+    (True, "1", None, _FakeDist("gloo"), None),
+    (True, "1", torch.device("cpu"), _FakeDist("ucc"), None),
+    (True, "auto", "cuda:0", _FakeDist("nccl"), None),
+    (True, None, "cuda:1", _FakeDist("cpu:gloo,cuda:nccl"), None),
+])
+def test_set_is_distributed(monkeypatch, caplog, asked, mode, dev, fake, why):
+    """DistributedStreamer's decision, the reference's rules: 0 never, 1 when
+    the group can broadcast the device's tensors, auto only over nccl; never
+    without an initialised world of several processes. One INFO line per
+    fallback; none when not asked."""
+    from runai_model_streamer.distributed_streamer import DistributedStreamer
+
+    monkeypatch.setattr(dist_settings, "dist", fake)
+    monkeypatch.setattr(dist_settings, "_has_range_reader", lambda: True)
+    if mode is None:
+        monkeypatch.delenv("RUNAI_STREAMER_DIST", raising=False)
+    else:
+        monkeypatch.setenv("RUNAI_STREAMER_DIST", mode)
+    streamer = DistributedStreamer()
+    with caplog.at_level("INFO", logger="runai_model_streamer"):
+        streamer.set_is_distributed(asked, dev)
+    lines = [r for r in caplog.records if "distributed streaming off" in r.getMessage()]
+    assert streamer.is_distributed == (why is None)
+    if why is None or why == "silent":
+        assert lines == []
+    else:
+        assert len(lines) == 1 and why in lines[0].getMessage(), lines
+        assert lines[0].levelname == "INFO"
+
+
+def test_set_is_distributed_rejects_a_bad_setting(monkeypatch):
+    from runai_model_streamer.distributed_streamer import DistributedStreamer
+
+    monkeypatch.setattr(dist_settings, "dist", _FakeDist("gloo"))
+    monkeypatch.setenv("RUNAI_STREAMER_DIST", "sometimes")
+    with pytest.raises(ValueError, match="RUNAI_STREAMER_DIST"):
+        DistributedStreamer().set_is_distributed(True, "cpu")
+
+
+def test_not_initialised_delegates_to_the_file_streamer(monkeypatch, tmp_path):
+    """In this (uninitialised) process: is_distributed=True streams through
+    FileStreamer, every range byte for byte."""
+    import torch.distributed as dist
+    from runai_model_streamer.distributed_streamer import DistributedStreamer
+    from runai_model_streamer.file_streamer import FileChunks
+
+    assert not dist.is_initialized()
+    monkeypatch.setenv("RUNAI_STREAMER_DIST", "1")
+    monkeypatch.setenv("MODEL_STREAMER_READ_MODE", "buffered")  # read into a ring, not mapped
+    data = random.Random(1).randbytes(10_000)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    chunks = FileChunks(3, str(path), [9_000, 0, 10, 10_000], [1_000, 20, 5_000, 0])
+    with DistributedStreamer() as streamer:
+        assert streamer.ring_info() is None
+        streamer.stream_files([chunks], None, "cpu", True)
+        assert not streamer.is_distributed and streamer.get_group_size() == 1
+        rank, buffers, size = streamer.ring_info()
+        assert (rank, buffers) == (0, 1) and size >= 6_000
+        with pytest.raises(ValueError, match="outstanding"):
+            streamer.stream_files([chunks], None, "cpu", True)
+        got = {i: c.numpy().tobytes() for _, i, c in streamer.get_chunks()}
+        assert streamer.stats()["bytes_read"] == 6_010  # [0, 5010) and [9000, 10000)
+    assert got == {i: data[o:o + n] for i, (o, n) in enumerate(zip(chunks.offsets, chunks.sizes))}
+
+
+# ---------------------------------------------------------------------------
+# The reference's alignment helpers
+# ---------------------------------------------------------------------------
+
+def test_aligned_offset():
+    from runai_model_streamer.distributed_streamer import aligned_offset
+
+    assert aligned_offset(0, 0, 512) == 0
+    assert aligned_offset(0, 1, 512) == 512
+    assert aligned_offset(100, 0, 512) == 412  # (100 + 412) % 512 == 0
+    assert aligned_offset(512, 512, 512) == 512
+    assert aligned_offset(7, 3, 1) == 3 and aligned_offset(7, 3, 0) == 3
+    for base in (0, 1, 511, 4096 + 17):
+        for off in (0, 5, 600):
+            got = aligned_offset(base, off, 64)
+            assert got >= off and (base + got) % 64 == 0 and got - off < 64
+
+
+@pytest.mark.parametrize("raw,want", [(None, 512), ("0", 0), ("4096", 4096), ("1048576", 1 << 20)])
+def test_get_dist_buffer_alignment(monkeypatch, raw, want):
+    from runai_model_streamer.distributed_streamer import get_dist_buffer_alignment
+    from runai_model_streamer.distributed_streamer.distributed_streamer import (
+        RUNAI_STREAMER_CUDA_ALIGNMENT_ENV_VAR,
+    )
+
+    if raw is None:
+        monkeypatch.delenv(RUNAI_STREAMER_CUDA_ALIGNMENT_ENV_VAR, raising=False)
+    else:
+        monkeypatch.setenv(RUNAI_STREAMER_CUDA_ALIGNMENT_ENV_VAR, raw)
+    assert get_dist_buffer_alignment() == want
+
+
+@pytest.mark.parametrize("raw", ["-1", "1048577", "x"])
+def test_get_dist_buffer_alignment_out_of_range(monkeypatch, raw):
+    from runai_model_streamer.distributed_streamer import get_dist_buffer_alignment
+
+    monkeypatch.setenv("RUNAI_STREAMER_CUDA_ALIGNMENT", raw)
+    with pytest.raises(ValueError, match="RUNAI_STREAMER_CUDA_ALIGNMENT"):
+        get_dist_buffer_alignment()
+
+
 # ---------------------------------------------------------------------------
 # The partition
 # ---------------------------------------------------------------------------
@@ -166,6 +285,22 @@ def test_partition_more_ranks_than_tensors_and_one_huge():
     assert partition(_spans([[1 << 26]]), 4) == [0]
     assert partition(_spans([[0, 0]]), 2) == [-1, -1]
     assert partition([], 3) == []
+
+
+def test_partition_keeps_overlapping_ranges_together():
+    """Ranges in any order: overlapping ones share an owner (their common
+    bytes are read once); touching ones may be split; with local_empties
+    False empty ranges get owners too."""
+    spans = [(0, 5000, 9000), (0, 0, 4000), (0, 3000, 6000), (1, 0, 100), (0, 4000, 4000),
+             (0, 9000, 13000), (0, 20000, 20000)]
+    owners = partition(spans, 3, target=4000)
+    assert owners[0] == owners[1] == owners[2]  # [0, 4000) overlaps [3000, 6000) overlaps [5000, ...)
+    assert owners[4] == -1 and owners[6] == -1
+    assert owners[5] != owners[0]  # touches the block, which is full
+    owners = partition(spans, 3, target=4000, local_empties=False)
+    assert all(r >= 0 for r in owners)
+    assert owners[4] == owners[0]  # inside the block
+    assert partition(list(reversed(spans)), 3, target=4000)[::-1] == partition(spans, 3, target=4000)
 
 
 def test_slot_layout_aligns_every_tensor():

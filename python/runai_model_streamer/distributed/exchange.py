@@ -106,6 +106,7 @@ class Ranges:
 
     paths: List[str]
     spans: List[Span]  # (file index, begin, end): absolute file offsets
+    settings: Optional[Sequence[str]] = None  # the storage backends' settings of the paths
     local_empties: bool = True  # empty ranges are made locally, not read
 
     def key(self, gid: int) -> Any:
@@ -137,8 +138,8 @@ def comm_device(device: torch.device) -> torch.device:
 
 
 def open_exchange(build: Callable[[], Ranges], device: torch.device, config: Any,
-                  settings: Optional[Sequence[str]], ds: DistSettings, *, owned: bool,
-                  what: str, fields: str) -> Optional["DistributedStream"]:
+                  ds: DistSettings, *, owned: bool, what: str,
+                  fields: str) -> Optional["DistributedStream"]:
     """A DistributedStream for the request, or None (after one log line
     saying why) when the group streams it without distribution. Collective:
     every process of the world calls it for the same request.
@@ -168,7 +169,7 @@ def open_exchange(build: Callable[[], Ranges], device: torch.device, config: Any
                               ids=plan.max_ids, align=plan.align))
         local_reason = _local_fallback(plan, device)
         if local_reason is None:
-            share = _Share.open(ranges, plan, me, config, settings, device)
+            share = _Share.open(ranges, plan, me, config, device)
     except Exception as e:  # reported to the group below, then raised
         failure = e
     try:
@@ -203,7 +204,7 @@ class _Share:
 
     @classmethod
     def open(cls, ranges: Ranges, plan: Plan, me: int, config: Any,
-             settings: Optional[Sequence[str]], device: torch.device) -> "_Share":
+             device: torch.device) -> "_Share":
         if not ranges.paths:
             return cls(None, {})
         share = plan.share(me, len(ranges.paths))
@@ -217,7 +218,7 @@ class _Share:
             memory_limit=getattr(config, "memory_limit", -1),
             chunk_bytes=getattr(config, "chunk_bytes", 0),
             read_mode=READ_MODES[config.read_mode_for(device.type)],
-            settings=settings,
+            settings=ranges.settings,
             ranges=[([spans[g][1] for g in share[fi]], [spans[g][2] - spans[g][1] for g in share[fi]])
                     for fi in files],
         )
@@ -605,8 +606,10 @@ class DistributedStream:
         ranges = self.ranges
         clone = self.owned and not single
         for g, off in zip(gids, offsets):
-            t = ranges.view(g, buf[off:off + plan.sizes[g]])
-            yield ranges.key(g), (t.clone() if clone else t)
+            flat = buf[off:off + plan.sizes[g]]
+            # The bytes are cloned, not the view: torch cannot copy some
+            # dtypes (float4_e2m1fn_x2) as such.
+            yield ranges.key(g), ranges.view(g, flat.clone() if clone else flat)
 
     def _count(self) -> None:
         """Before each yield: once the last range is handed out no collective

@@ -26,8 +26,10 @@ class TensorRanges(Ranges):
 
     def __init__(self, paths: List[str], names: Optional[List[str]],
                  metas: Dict[int, List[Any]], data_offsets: List[int],
-                 wrap: Callable[..., Tuple[torch.Tensor, bool]]) -> None:
+                 wrap: Callable[..., Tuple[torch.Tensor, bool]],
+                 settings: Optional[Sequence[str]]) -> None:
         self.paths = list(paths)
+        self.settings = settings
         self.names = names
         self.tensors = [m for fi in sorted(metas) for m in metas[fi]]
         self.spans = [(fi, data_offsets[fi] + m.offsets.start, data_offsets[fi] + m.offsets.end)
@@ -77,7 +79,7 @@ def open_stream(paths: List[str], names: Optional[List[str]], device: torch.devi
         meta = select_tensors(read_headers(paths, config, settings), names)
         metas = validate(meta)  # one entry per path, or it raises
         offsets = [int(f["data_offset"]) for f in meta["files"]]
-        return TensorRanges(paths, names, metas, offsets, wrap)
+        return TensorRanges(paths, names, metas, offsets, wrap, settings)
 
-    return open_exchange(build, device, config, settings, ds, owned=owned, what="tensor",
+    return open_exchange(build, device, config, ds, owned=owned, what="tensor",
                          fields="paths, tensor_names")
