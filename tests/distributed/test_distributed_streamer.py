@@ -4,7 +4,8 @@ Byte ranges of plain files (not SafeTensors): unordered, overlapping,
 touching, duplicated and empty ranges of several files. Every successful
 scenario checks that every rank got every range once, byte for byte against
 plain file reads, and that the group's bytes read from storage cover the
-ranges once (each byte of the files the ranges cover, read by one process).
+ranges once (each byte of the files the ranges cover, read by one process,
+even when two FileChunks name the same file).
 The fallbacks (RUNAI_STREAMER_DIST=0, auto over gloo, not asked) delegate to
 FileStreamer: every process reads everything itself.
 """
@@ -62,7 +63,9 @@ def blobs(tmp_path_factory):
     plain = [req(0, b, b_ranges), req(1, c, [(0, sizes["c.bin"])])]
     # Equal single ranges of two files: the partition gives file i to rank i.
     pair = [req(0, a, [(0, 100_000)]), req(1, b, [(0, 100_000)])]
-    return {"root": root, "mixed": mixed, "plain": plain, "pair": pair}
+    # One file named by two FileChunks, with ranges in common.
+    twice = [req(0, b, b_ranges[:50]), req(1, c, [(0, 10)]), req(2, b, [(1000, 500_000)])]
+    return {"root": root, "mixed": mixed, "plain": plain, "pair": pair, "twice": twice}
 
 
 def _missing_on(blobs, tmp_path_factory, world, rank):
@@ -103,6 +106,7 @@ def two(blobs, tmp_path_factory):
         _ranges("memory_limit", blobs["plain"], dict(ON, RUNAI_STREAMER_MEMORY_LIMIT="65536"),
                 owned=False),
         _ranges("owned_rounds", blobs["plain"], dict(ON, RUNAI_STREAMER_DIST_BUFFER_MIN_BYTESIZE="0")),
+        _ranges("same_file_twice", blobs["twice"], ON),
         _ranges("dist_off", blobs["mixed"], dict(ON, RUNAI_STREAMER_DIST="0")),
         _ranges("auto_gloo", blobs["plain"], BUFFERED, unset=["RUNAI_STREAMER_DIST"]),
         _ranges("not_asked", blobs["plain"], ON, is_distributed=False),
@@ -117,6 +121,7 @@ def two(blobs, tmp_path_factory):
 
 @pytest.mark.parametrize("scenario,key", [("mixed", "mixed"), ("views_rounds", "mixed"),
                                           ("memory_limit", "plain"), ("owned_rounds", "plain"),
+                                          ("same_file_twice", "twice"),
                                           ("after_failure", "plain")])
 def test_two_processes_every_range_read_once(two, blobs, scenario, key):
     results = two.of(scenario)

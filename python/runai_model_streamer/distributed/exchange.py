@@ -164,7 +164,7 @@ def open_exchange(build: Callable[[], Ranges], device: torch.device, config: Any
     local_reason = None
     try:
         ranges = build()
-        plan = Plan(ranges.spans, n, ds, ranges.local_empties)
+        plan = Plan(ranges.spans, n, ds, ranges.local_empties, ranges.paths)
         fp = fingerprint(dict(ranges.describe(), device=device.type, batch=plan.batch_bytes,
                               ids=plan.max_ids, align=plan.align))
         local_reason = _local_fallback(plan, device)
@@ -207,22 +207,29 @@ class _Share:
              device: torch.device) -> "_Share":
         if not ranges.paths:
             return cls(None, {})
-        share = plan.share(me, len(ranges.paths))
-        # Only the files this process reads from; with none, the first file
-        # and no range (the stream still reports this process's stats).
-        files = [fi for fi, gids in enumerate(share) if gids] or [0]
+        # Only the files this process reads from, each once however often the
+        # request names it (the engine reads bytes ranges share once per
+        # file); with none, the first file and no range (the stream still
+        # reports this process's stats).
+        by_path: Dict[str, List[int]] = {}
+        for fi, gids in enumerate(plan.share(me, len(ranges.paths))):
+            if gids:
+                by_path.setdefault(ranges.paths[fi], []).extend(gids)
+        if not by_path:
+            by_path[ranges.paths[0]] = []
+        paths = list(by_path)
         spans = plan.spans
         stream = _native.Stream(
-            [ranges.paths[fi] for fi in files],
+            paths,
             concurrency=getattr(config, "concurrency", 0),
             memory_limit=getattr(config, "memory_limit", -1),
             chunk_bytes=getattr(config, "chunk_bytes", 0),
             read_mode=READ_MODES[config.read_mode_for(device.type)],
             settings=ranges.settings,
-            ranges=[([spans[g][1] for g in share[fi]], [spans[g][2] - spans[g][1] for g in share[fi]])
-                    for fi in files],
+            ranges=[([spans[g][1] for g in by_path[p]], [spans[g][2] - spans[g][1] for g in by_path[p]])
+                    for p in paths],
         )
-        gids = {(j, ri): g for j, fi in enumerate(files) for ri, g in enumerate(share[fi])}
+        gids = {(j, ri): g for j, p in enumerate(paths) for ri, g in enumerate(by_path[p])}
         return cls(stream, gids)
 
     def close(self) -> None:

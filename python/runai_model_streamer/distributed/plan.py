@@ -110,9 +110,14 @@ class Plan:
     budget and the record size; identical on every process."""
 
     def __init__(self, spans: Sequence[Span], n: int, ds: DistSettings,
-                 local_empties: bool = True) -> None:
+                 local_empties: bool = True, paths: Optional[Sequence[str]] = None) -> None:
         self.spans = list(spans)
-        self.owners = partition(self.spans, n, local_empties=local_empties)
+        # A file named twice in the request is one file to the partition, so
+        # that its overlapping ranges are read by one process.
+        first: dict = {}
+        same = [first.setdefault(p, i) for i, p in enumerate(paths or ())]
+        keyed = [(same[f] if f < len(same) else f, b, e) for f, b, e in self.spans]
+        self.owners = partition(keyed, n, local_empties=local_empties)
         self.sizes = [e - b for _, b, e in self.spans]
         self.align = ds.slot_align  # of packed ranges and staging buffers
         largest = max(self.sizes, default=0)
