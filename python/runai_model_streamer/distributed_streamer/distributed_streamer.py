@@ -144,6 +144,12 @@ class DistributedStreamer:
         finally:
             self.file_streamer.__exit__(exc_type, exc_value, traceback)
 
+    def __del__(self) -> None:
+        try:
+            self._close_distributed()
+        except Exception:
+            pass
+
     def close(self) -> None:
         """Stops the current stream. Chunks yielded with owned=True stay
         valid. Distributed, a stream not consumed to the end makes the other
