@@ -23,7 +23,10 @@ from conftest import assert_matches, describe, reference_all
 
 @pytest.mark.parametrize("module, names", [
     ("runai_model_streamer", ["SafetensorsStreamer", "ObjectStorageModel", "list_safetensors",
-                              "pull_files", "FileStreamer", "FileChunks"]),
+                              "pull_files", "FileStreamer", "FileChunks", "DistributedStreamer"]),
+    ("runai_model_streamer.distributed_streamer", ["DistributedStreamer"]),
+    ("runai_model_streamer.distributed_streamer.distributed_streamer",
+     ["DistributedStreamer", "get_dist_buffer_alignment", "aligned_offset"]),
     ("runai_model_streamer.file_streamer", ["FileStreamer", "FileChunks"]),
     ("runai_model_streamer.file_streamer.file_streamer", ["FileStreamer", "FileChunks",
                                                            "RunaiStreamerInvalidInputException"]),

@@ -27,6 +27,7 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerMemoryLimitException,
     RunaiStreamerPermissionError,
 )
+from runai_model_streamer.distributed_streamer import DistributedStreamer
 from runai_model_streamer.file_streamer import FileChunks, FileStreamer
 from runai_model_streamer.files import S3Credentials
 from runai_model_streamer.metadata import SafetensorMetadata
@@ -45,6 +46,7 @@ __all__ = [
     "SafetensorsStreamer",
     "FileStreamer",
     "FileChunks",
+    "DistributedStreamer",
     "SafetensorMetadata",
     "ObjectStorageModel",
     "S3Credentials",
