@@ -368,3 +368,23 @@ def test_ring_setting_names_still_import():
     assert ri.RUNAI_STREAMER_RING_BUFFERS_ENV_VAR_NAME == "RUNAI_STREAMER_RING_BUFFERS"
     assert ri.RUNAI_STREAMER_MAX_PADS_PER_BUFFER_ENV_VAR_NAME == "RUNAI_STREAMER_MAX_PADS_PER_BUFFER"
     assert ri.DIRECT_IO_BLOCK == os.sysconf("SC_PAGESIZE")
+
+
+@pytest.mark.parametrize("module", [
+    "runai_model_streamer.libstreamer",
+    "runai_model_streamer.distributed_streamer.partition",
+    "runai_model_streamer.file_streamer.slot_pool",
+    "runai_model_streamer_s3",
+])
+def test_names_deliberately_not_provided(module):
+    """docs/compatibility.md lists these as not provided (and why); this
+    keeps the table honest if one is ever added."""
+    with pytest.raises(ImportError):
+        importlib.import_module(module)
+
+
+def test_session_and_pytorch_internals_deliberately_not_provided():
+    from runai_model_streamer.safetensors_streamer import safetensors_pytorch
+
+    assert not hasattr(runai_model_streamer.SafetensorsStreamer(), "file_streamer")
+    assert not hasattr(safetensors_pytorch, "SafetensorsMetadata")
