@@ -388,3 +388,21 @@ def test_session_and_pytorch_internals_deliberately_not_provided():
 
     assert not hasattr(runai_model_streamer.SafetensorsStreamer(), "file_streamer")
     assert not hasattr(safetensors_pytorch, "SafetensorsMetadata")
+
+
+def test_range_streamers_load_on_first_use():
+    """A plain SafetensorsStreamer load does not pay for importing the range
+    streamers and the distributed exchange; naming them imports them."""
+    from conftest import run_python
+
+    proc = run_python(
+        "import sys, runai_model_streamer as m\n"
+        "print('runai_model_streamer.distributed_streamer' in sys.modules,"
+        " 'runai_model_streamer.distributed' in sys.modules)\n"
+        "from runai_model_streamer import DistributedStreamer, FileStreamer\n"
+        "print(DistributedStreamer.__module__, FileStreamer.__module__)\n")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == "False False"
+    assert lines[-1] == ("runai_model_streamer.distributed_streamer.distributed_streamer "
+                         "runai_model_streamer.file_streamer.file_streamer")

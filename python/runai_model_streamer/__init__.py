@@ -27,8 +27,6 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerMemoryLimitException,
     RunaiStreamerPermissionError,
 )
-from runai_model_streamer.distributed_streamer import DistributedStreamer
-from runai_model_streamer.file_streamer import FileChunks, FileStreamer
 from runai_model_streamer.files import S3Credentials
 from runai_model_streamer.metadata import SafetensorMetadata
 from runai_model_streamer.streamer import SafetensorsStreamer
@@ -41,6 +39,30 @@ from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # 
 )
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): the range streamers and the distributed
+# exchange are not needed by a plain SafetensorsStreamer load, whose import
+# is part of its start-up cost (they would double the package's import time).
+_LAZY = {
+    "FileStreamer": "runai_model_streamer.file_streamer",
+    "FileChunks": "runai_model_streamer.file_streamer",
+    "DistributedStreamer": "runai_model_streamer.distributed_streamer",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "SafetensorsStreamer",
