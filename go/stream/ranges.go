@@ -83,16 +83,7 @@ func checkRanges(r RangeRequest) error {
 // openRanges opens f's object, checks req's ranges against its size and
 // makes them f's tensors, sorted by offset, remembering the caller's order.
 func (s *Stream) openRanges(f *fileState, req RangeRequest) error {
-	obj, err := s.cfg.Storage.Open(s.ctx, f.uri)
-	if err != nil {
-		return err
-	}
-	f.obj = obj
-	f.size = obj.Size()
-	if st, ok := obj.(interface{ Strategy() string }); ok {
-		f.strategy = st.Strategy()
-	}
-	if err := s.wantChecksum(f); err != nil {
+	if err := s.openObject(f); err != nil {
 		return err
 	}
 	for i, off := range req.Offsets {

@@ -200,7 +200,10 @@ const speculativeHeaderBytes = 1 << 20
 // (a variable so tests can shrink it).
 var unlimitedRing int64 = 256 << 20
 
-func (s *Stream) openFile(f *fileState) error {
+// openObject opens f's object and learns its size, read strategy and the
+// checksum it will be verified with: the part of opening a file that header
+// streams and range streams share.
+func (s *Stream) openObject(f *fileState) error {
 	obj, err := s.cfg.Storage.Open(s.ctx, f.uri)
 	if err != nil {
 		return err
@@ -210,7 +213,11 @@ func (s *Stream) openFile(f *fileState) error {
 	if st, ok := obj.(interface{ Strategy() string }); ok {
 		f.strategy = st.Strategy()
 	}
-	if err := s.wantChecksum(f); err != nil {
+	return s.wantChecksum(f)
+}
+
+func (s *Stream) openFile(f *fileState) error {
+	if err := s.openObject(f); err != nil {
 		return err
 	}
 	buf, n, err := s.readPrefix(f, min(f.size, speculativeHeaderBytes))
