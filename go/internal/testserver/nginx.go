@@ -99,6 +99,7 @@ var nginxConf = template.Must(template.New("nginx").Parse(`
 {{if .Root}}user root root;{{end}}
 daemon off;
 worker_processes 2;
+worker_shutdown_timeout 1s;
 pid {{.Dir}}/nginx.pid;
 events { worker_connections 4096; }
 http {
@@ -216,7 +217,8 @@ var putCount atomic.Int64
 
 // SetSignature makes /redirect/ hand out sig and /signed/ accept only it,
 // reloading nginx, and returns once every worker that knew the old one has
-// exited (nginx closes their idle connections), so no request sees it.
+// exited (within worker_shutdown_timeout, which closes the connections
+// clients keep alive), so no request sees it.
 func (s *NginxServer) SetSignature(t testing.TB, sig string) {
 	t.Helper()
 	conf := fmt.Sprintf("set $signature %q;\n", sig)
@@ -248,7 +250,7 @@ func (s *NginxServer) SetSignature(t testing.TB, sig string) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("testserver: nginx did not take signature %q within %v", sig, ReadyTimeout)
+			t.Fatalf("testserver: nginx did not take signature %q within %v (workers before the reload %v, now %v)", sig, ReadyTimeout, old, childPIDs(master))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
