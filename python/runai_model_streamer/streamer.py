@@ -18,7 +18,7 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerError,
     RunaiStreamerInvalidInputException,
 )
-from runai_model_streamer.files import S3Credentials, uri_scheme
+from runai_model_streamer.files import S3Credentials, storage_family
 from runai_model_streamer.metadata import SafetensorMetadata
 
 logger = logging.getLogger("runai_model_streamer")
@@ -94,7 +94,7 @@ def _normalize_paths(paths: Any) -> List[str]:
 
 
 def _check_schemes(paths: Sequence[str]) -> str:
-    schemes = {uri_scheme(p) for p in paths}
+    schemes = {storage_family(p) for p in paths}
     if len(schemes) > 1:
         if "file" in schemes:
             raise RunaiStreamerInvalidInputException(
