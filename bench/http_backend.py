@@ -5,10 +5,15 @@ fetched three ways in one run, interleaved:
   ours   this project (.venv), http:// URLs through SafetensorsStreamer,
          RUNAI_STREAMER_CONCURRENCY unset (the http backend's default,
          16 ranged GETs of 8 MiB in flight) or set to --concurrency;
-  ours-unowned  the same with owned=False (the upstream contract: a tensor
-         may be overwritten once the loop moves on), so the streamer reuses
-         its buffers instead of touching fresh memory for every byte, as
-         plain's pre-faulted buffer does not have to;
+  ours-capped  the same with owned=False (the upstream contract: a tensor
+         may be overwritten once the loop moves on) and RUNAI_STREAMER_MEMORY_LIMIT
+         set to plain's buffer size: the streamer reuses one bounded buffer, as
+         plain does, instead of touching fresh memory for every byte (first
+         touch of fresh memory costs well under 1 GB/s on these VMs; see
+         bench/README.md), so this compares the HTTP path itself;
+  engine this project's Go engine and http backend without Python
+         (go/cmd/msbench, built into bench/.build/), the backend's defaults
+         (16 x 8 MiB) and a memory limit of plain's buffer size;
   plain  the limit for ranged GETs: N Python threads, each with its own
          keep-alive http.client connection, take --chunk pieces of every
          file off one shared counter and GET each with a Range header,
@@ -67,7 +72,7 @@ from object_storage import (  # noqa: E402
     read_safetensors_header,
 )
 
-LOADERS = ("ours", "ours-unowned", "plain", "curl")
+LOADERS = ("ours", "ours-capped", "engine", "plain", "curl")
 QUIET_CORES = 0.3
 
 
@@ -165,6 +170,10 @@ def run_one(a, ld, ctx):
     busy0, kids0, ng0 = cpu_busy_s(), children_cpu_s(), ctx["nginx_cpu"]()
     if ld == "curl":
         res = run_curl(ctx["urls"], a.timeout)
+    elif ld == "engine":
+        argv = [ctx["msbench"], "-json", "-concurrency", "16", "-chunk", str(8 * MiB),
+                "-memory-limit", str(a.plain_buffer or -1)] + ctx["urls"]
+        res = run_argv(argv, env, a.timeout)
     elif ld == "plain":
         spec = {"objects": ctx["objects"], "concurrency": a.concurrency, "chunk_bytes": a.chunk,
                 "buffer_bytes": a.plain_buffer}
@@ -173,13 +182,14 @@ def run_one(a, ld, ctx):
         if a.ours_concurrency:
             env["RUNAI_STREAMER_CONCURRENCY"] = str(a.ours_concurrency)
         spec = {"loader": "streamer", "files": ctx["urls"]}
-        if ld == "ours-unowned":
+        if ld == "ours-capped":
             spec["owned"] = False
+            env["RUNAI_STREAMER_MEMORY_LIMIT"] = str(a.plain_buffer or ctx["file_bytes"])
         res = run_argv([ctx["ours_python"], WORKER, json.dumps(spec)], env, a.timeout)
     ng1 = ctx["nginx_cpu"]()
     res["loader"] = ld
     if res.get("ok"):
-        want = ctx["tensor_bytes"] if ld.startswith("ours") else ctx["file_bytes"]
+        want = ctx["tensor_bytes"] if ld in ("ours", "ours-capped", "engine") else ctx["file_bytes"]
         if res.get("bytes") != want:
             res["ok"], res["error"] = False, f"incomplete: {res.get('bytes')} bytes, want {want}"
         else:
@@ -245,7 +255,10 @@ def main():
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("RUNAI_STREAMER_", "MODEL_STREAMER_", "HF_", "SSL_CERT_"))
                and k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+        msbench = os.path.join(BENCH, ".build", "msbench")
+        subprocess.run(["go", "build", "-o", msbench, "./cmd/msbench"], cwd=os.path.join(REPO, "go"), check=True)
         ctx = {
+            "msbench": msbench,
             "urls": urls, "objects": list(zip(urls, sizes)), "env": env, "nginx_cpu": nginx_cpu,
             "ours_python": os.path.join(REPO, ".venv", "bin", "python"),
             "file_bytes": sum(sizes),
@@ -282,7 +295,9 @@ def main():
         print("|---|---|---|---|")
         names = {"ours": "ours (http backend, default 16 x 8 MiB)" if not a.ours_concurrency
                  else f"ours (RUNAI_STREAMER_CONCURRENCY={a.ours_concurrency})",
-                 "ours-unowned": "ours, owned=False",
+                 "ours-capped": f"ours, owned=False, memory limit {fmt_bytes(a.plain_buffer)}" if a.plain_buffer
+                 else "ours, owned=False",
+                 "engine": f"Go engine + http backend, no Python (msbench, memory limit {fmt_bytes(a.plain_buffer)})",
                  "plain": f"plain ranged GETs ({a.concurrency} threads x {fmt_bytes(a.chunk)})",
                  "curl": f"curl --parallel ({len(files)} files)"}
         for ld in LOADERS:
@@ -293,8 +308,8 @@ def main():
         print()
         print(f"ours / faster of plain and curl ({best[1]}): "
               f"{ratio:.2f}x (target >= 0.9)" if ratio else "ours / best: -")
-        if summary["ours-unowned"]["gbps"] and best[0]:
-            print(f"ours, owned=False / {best[1]}: {summary['ours-unowned']['gbps'] / best[0]:.2f}x")
+        if summary["ours-capped"]["gbps"] and best[0]:
+            print(f"ours capped / {best[1]}: {summary['ours-capped']['gbps'] / best[0]:.2f}x")
         # Per repetition: the loaders ran back to back, so their ratio is
         # less exposed to the load of other jobs on a shared machine than the
         # medians taken across repetitions. "quiet": other jobs used under
@@ -305,20 +320,21 @@ def main():
             if not all(ld in by for ld in LOADERS):
                 continue
             base = max(by["plain"]["gbps"], by["curl"]["gbps"])
-            row = {ld: by[ld]["gbps"] / base for ld in ("ours", "ours-unowned")}
+            row = {ld: by[ld]["gbps"] / base for ld in ("ours", "ours-capped", "engine")}
             row["other_cores"] = max(by[ld]["other_cores"] for ld in LOADERS)
             per_rep.append(row)
             if row["other_cores"] < QUIET_CORES:
                 quiet.append(row)
         print()
-        print("| rep | ours / faster | ours owned=False / faster | other jobs (cores, max) |")
-        print("|---|---|---|---|")
+        print("| rep | ours / faster | ours capped / faster | engine / faster | other jobs (cores, max) |")
+        print("|---|---|---|---|---|")
         for i, row in enumerate(per_rep):
-            print(f"| {i} | {row['ours']:.2f} | {row['ours-unowned']:.2f} | {row['other_cores']:.2f} |")
+            print(f"| {i} | {row['ours']:.2f} | {row['ours-capped']:.2f} | {row['engine']:.2f} | {row['other_cores']:.2f} |")
         for label, rows in (("all reps", per_rep), (f"quiet reps (other < {QUIET_CORES})", quiet)):
             if rows:
                 print(f"median per-rep ratio, {label}: ours {median([r['ours'] for r in rows]):.2f}x, "
-                      f"owned=False {median([r['ours-unowned'] for r in rows]):.2f}x ({len(rows)} reps)")
+                      f"capped {median([r['ours-capped'] for r in rows]):.2f}x, "
+                      f"engine {median([r['engine'] for r in rows]):.2f}x ({len(rows)} reps)")
         if a.json:
             with open(a.json, "w") as f:
                 json.dump({"runs": runs, "summary": summary, "ratio": ratio, "best": best[1],
