@@ -31,6 +31,7 @@ import (
 //
 //	/files/NAME            the file, with byte ranges, ETag and Last-Modified
 //	/norange/NAME          the file, ignoring Range (max_ranges 0: 200, whole body)
+//	/getonly/NAME          the file, but 403 to HEAD (as a URL presigned for GET)
 //	/private/NAME          403 unless "Authorization: Bearer <Token>"
 //	/hub/NAME              403 unless "Authorization: Bearer <HubToken>"
 //	/redirect/NAME         302 to /signed/NAME?AWSAccessKeyId=...&Expires=...&Signature=<sig>
@@ -127,6 +128,10 @@ http {
 		location = /health { return 200 "ok\n"; }
 		location /files/ { }
 		location /norange/ { alias {{.Dir}}/www/files/; max_ranges 0; }
+		location /getonly/ {
+			alias {{.Dir}}/www/files/;
+			if ($request_method = HEAD) { return 403; }
+		}
 		location /private/ {
 			alias {{.Dir}}/www/files/;
 			if ($http_authorization != "Bearer {{.Token}}") { return 403; }

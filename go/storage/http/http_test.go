@@ -163,6 +163,28 @@ func TestRedirects(t *testing.T) {
 	}
 }
 
+// A URL presigned for GET answers HEAD with 403: Open learns the size
+// from a ranged GET of byte 0 instead, and ranges still work.
+func TestHeadRefused(t *testing.T) {
+	srv := testserver.Nginx(t)
+	data := storagetest.Bytes(2<<20+3, 9)
+	srv.Put(t, "m.bin", data)
+	b := testBackend(t, nil)
+	obj, err := b.Open(ctx(t), srv.URL+"/getonly/m.bin")
+	if err != nil {
+		t.Fatalf("Open with HEAD refused: %v", err)
+	}
+	if o := obj.(*object); !o.ranges || o.etag == "" {
+		t.Fatalf("after the ranged GET: ranges %v, ETag %q; want ranges and an ETag", o.ranges, o.etag)
+	}
+	if err := readAll(t, obj, data, 300<<10, fastRetry); err != nil {
+		t.Fatal(err)
+	}
+	// Missing behind a HEAD that is refused anyway: the GET's 404 is the error.
+	_, err = b.Open(ctx(t), srv.URL+"/getonly/missing.bin")
+	wantErr(t, err, storage.NotFound, srv.URL+"/getonly/missing.bin: open: not found: HTTP 404")
+}
+
 func TestStatusErrors(t *testing.T) {
 	srv := testserver.Nginx(t)
 	srv.Put(t, "a.bin", []byte("data"))
