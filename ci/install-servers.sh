@@ -138,11 +138,18 @@ install_nginx() {
 	fi
 	# An update only when the package lists are missing or too old to
 	# know the package (a fresh container has none).
+	local rc=0
 	if ! apt-cache show nginx-light >/dev/null 2>&1; then
-		"${sudo[@]}" apt-get update -q
+		"${sudo[@]}" apt-get update -q || rc=$?
 	fi
-	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends nginx-light
+	if [[ $rc -eq 0 ]]; then
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends nginx-light || rc=$?
+	fi
 	if [[ $made_policy -eq 1 ]]; then "${sudo[@]}" rm -f "$policy"; fi
+	if [[ $rc -ne 0 ]]; then
+		log "apt-get failed (status $rc): nginx-light is not installed" >&2
+		return "$rc"
+	fi
 	log "installed nginx ($(/usr/sbin/nginx -v 2>&1)) in $((SECONDS - start))s"
 }
 
