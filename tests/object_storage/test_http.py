@@ -83,6 +83,14 @@ def test_errors_name_the_url_without_its_query(web, published, monkeypatch):
     msg = str(info.value)
     assert private in msg and "403" in msg and "topsecret" not in msg, msg
 
+    # The engine's own messages (a file that is not SafeTensors) name the
+    # URL without its query too.
+    bad = servers.nginx_put(web, "bad/short.safetensors", b"\x08")
+    with pytest.raises(RunaiStreamerInvalidInputException) as info:
+        stream_all([bad + "?Signature=topsecret"])
+    msg = str(info.value)
+    assert bad in msg and "topsecret" not in msg, msg
+
     # An untrusted certificate: a clear error naming the host, no fallback.
     url = f"{web['tls_url']}/files/ckpt/{published[0]}"
     with pytest.raises(RunaiStreamerInvalidInputException) as info:

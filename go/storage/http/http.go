@@ -82,6 +82,7 @@ import (
 	nethttp "net/http"
 	"net/textproto"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -379,6 +380,25 @@ func RedactString(s string) string {
 		return s[:i]
 	}
 	return s
+}
+
+// urlQuery matches the query string and fragment of an http(s) URL inside a
+// text, up to a ": " separator, a quote or the end of a word.
+var urlQuery = regexp.MustCompile(`(https?://[^\s?#"'@/]*(?:@[^\s?#"'/]*)?[^\s?#"']*)[?#][^\s"']*?(:?(?:\s|$|["']))`)
+
+// urlUserinfo matches the user information of an http(s) URL in a text.
+var urlUserinfo = regexp.MustCompile(`(https?://)[^\s/?#"'@]*@`)
+
+// RedactText removes the query strings, fragments and user information of
+// the http(s) URLs in s: messages that name a URL as the caller gave it
+// (the engine's "URL: invalid safetensors file: ...") then carry no
+// signature. Other text is unchanged.
+func RedactText(s string) string {
+	if !strings.Contains(s, "http") {
+		return s
+	}
+	s = urlQuery.ReplaceAllString(s, "$1$2")
+	return urlUserinfo.ReplaceAllString(s, "$1")
 }
 
 // parseURL checks an http(s) URL.

@@ -494,6 +494,22 @@ func TestTrace(t *testing.T) {
 	storagetest.CheckTraceSettingRejected(t, New, nil)
 }
 
+func TestRedactText(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", ""},
+		{"s3://b/a?b: not found", "s3://b/a?b: not found"},
+		{"http://h:1/f?Signature=x&Expires=2: invalid safetensors file: short", "http://h:1/f: invalid safetensors file: short"},
+		{"https://h/f#frag", "https://h/f"},
+		{`"https://h/a?sig=1" and http://h/b?x=y:z: end`, `"https://h/a" and http://h/b: end`},
+		{"https://user:pw@h/f?q=1: x", "https://h/f: x"},
+		{"https://h/plain: x", "https://h/plain: x"},
+	} {
+		if got := RedactText(c.in); got != c.want {
+			t.Errorf("RedactText(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
 func TestNoListing(t *testing.T) {
 	var b storage.Backend = testBackend(t, nil)
 	if _, ok := b.(storage.Lister); ok {
