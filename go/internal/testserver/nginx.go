@@ -38,6 +38,8 @@ import (
 //	/signed/NAME           the file when ?Signature= is the current signature, else 403
 //	/cross/NAME            302 to http://localhost:<port>/noauth/NAME?Signature=... (another host)
 //	/private-cross/NAME    as /cross/, but 403 without the Token first
+//	/downgrade/NAME        302 to http://127.0.0.1:<port>/files/NAME (from https: a downgrade)
+//	/loop/NAME             302 to /loop/again, for ever
 //	/noauth/NAME           the file, but 400 when the request carries
 //	                       Authorization, X-Api-Key or Cookie (a leaked credential)
 //
@@ -154,6 +156,8 @@ http {
 			if ($http_authorization != "Bearer {{.Token}}") { return 403; }
 			return 302 http://localhost:{{.Port}}/noauth/$1?Signature=$signature;
 		}
+		location ~ ^/downgrade/(.*)$ { return 302 http://127.0.0.1:{{.Port}}/files/$1; }
+		location /loop/ { return 302 /loop/again; }
 		location /noauth/ {
 			alias {{.Dir}}/www/files/;
 			if ($http_authorization) { return 400; }

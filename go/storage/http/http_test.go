@@ -150,6 +150,13 @@ func TestRedirects(t *testing.T) {
 		t.Errorf("final URL %v after expiry: want the new signature", o.final)
 	}
 
+	// Redirects the backend refuses: a loop, and https to plain http.
+	_, err = b.Open(ctx(t), srv.URL+"/loop/x")
+	wantErr(t, err, storage.InvalidArgument, srv.URL+"/loop/x: open: invalid argument: stopped after 10 redirects")
+	tb := testBackend(t, storage.Settings{SettingSSLCertFile: srv.CAFile})
+	_, err = tb.Open(ctx(t), srv.TLSURL+"/downgrade/model.safetensors")
+	wantErr(t, err, storage.InvalidArgument, "refusing a redirect from https to http ("+srv.URL+"/files/model.safetensors)")
+
 	// A missing file behind the redirect names the URL, not the query.
 	_, err = b.Open(ctx(t), srv.URL+"/redirect/missing.safetensors")
 	se := wantErr(t, err, storage.NotFound, srv.URL+"/redirect/missing.safetensors: open: not found: HTTP 404",
