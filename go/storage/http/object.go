@@ -17,6 +17,9 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
+// drainLimit is the largest unwanted body read out rather than cut off.
+const drainLimit = 1 << 20
+
 // object is one opened URL: its size and validators as Open saw them, and
 // where its ranges are read from.
 type object struct {
@@ -151,6 +154,11 @@ func (o *object) stat(ctx context.Context) error {
 				"the server ignores Range requests and gives no Content-Length: the file's size is unknown")}
 		}
 		o.size, o.ranges = resp.ContentLength, false
+		if o.size <= drainLimit {
+			// A small body is read out so the connection is kept, rather
+			// than reset under a server still writing it.
+			_, _ = io.Copy(io.Discard, watchedReader{r: resp.Body, w: w})
+		}
 	case nethttp.StatusRequestedRangeNotSatisfiable:
 		// Byte 0 of an empty file: "bytes */0".
 		cr := strings.TrimSpace(resp.Header.Get("Content-Range"))
