@@ -93,7 +93,17 @@ def expand_paths(paths: Sequence[str]) -> List[str]:
     files: List[str] = []
     for p in paths:
         remote = is_object_storage_path(p)
-        if is_http_path(p):
+        if p.startswith("hf://"):
+            from runai_model_streamer import hf
+            _, _, inner = hf.parse(p)
+            if inner and not inner.endswith("/"):
+                files.append(p)
+                continue
+            found = list_safetensors(p)
+            if not found:
+                raise RunaiStreamerError(f"{p}: no *.safetensors files in this repository folder")
+            files.extend(found)
+        elif is_http_path(p):
             if p.split("?", 1)[0].endswith("/"):
                 raise RunaiStreamerError(f"{redact_url(p)}: {NO_HTTP_LISTING}")
             files.append(p)
@@ -361,7 +371,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
         args.uri, args.dir = None, args.targets[0]
     else:
         args.uri, args.dir = args.targets
-    if args.url_list or is_http_path(args.uri):
+    if args.url_list or is_http_path(args.uri) or (args.uri or "").startswith("hf://"):
         return _pull_urls(args, show, start)
     if not is_object_storage_path(args.uri):
         pull_files(args.uri, args.dir, args.allow, args.ignore)
@@ -389,12 +399,19 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _pull_urls(args: argparse.Namespace, show: bool, start: float) -> int:
-    from runai_model_streamer.files import pull_urls, redact_url
+    from runai_model_streamer.files import pull_hf, pull_urls, redact_url
 
-    urls = _with_url_list([args.uri] if args.uri else [], args.url_list)
-    bar = Progress(len(urls), out=sys.stderr, enabled=show)
-    bar.unit = "files"
-    items = pull_urls(urls, args.dir, args.allow, args.ignore, progress=lambda item: bar.update(1))
+    if args.uri and args.uri.startswith("hf://"):
+        if args.url_list:
+            raise RunaiStreamerError("pull: an hf:// URI and --url-list cannot be combined")
+        bar = Progress(0, out=sys.stderr, enabled=False)
+        items = pull_hf(args.uri, args.dir, args.allow, args.ignore)
+        urls = None
+    else:
+        urls = _with_url_list([args.uri] if args.uri else [], args.url_list)
+        bar = Progress(len(urls), out=sys.stderr, enabled=show)
+        bar.unit = "files"
+        items = pull_urls(urls, args.dir, args.allow, args.ignore, progress=lambda item: bar.update(1))
     bar.finish()
     if not items:
         raise RunaiStreamerError("no URLs to download (none matches the filters)")

@@ -345,6 +345,9 @@ def pull_remote(model_path: str, dst: str, allow_pattern: Union[None, str, Seque
         pull_urls(urls, dst, allow_pattern, ignore_pattern)
         return
     model_path = os.fspath(model_path)
+    if model_path.startswith("hf://"):
+        pull_hf(model_path, dst, allow_pattern, ignore_pattern)
+        return
     if is_http_path(model_path):
         pull_urls([model_path], dst, allow_pattern, ignore_pattern)
         return
@@ -359,9 +362,39 @@ def pull_urls(urls: Sequence[str], dst: str, allow_pattern: Union[None, str, Seq
     """Downloads file URLs into dst (see url_pull_items) and returns the
     items, each with its size."""
     dst = os.fspath(dst)
+    return _download_urls(url_pull_items(urls, dst), dst, allow_pattern, ignore_pattern, progress)
+
+
+def hf_pull_items(model_path: str, dst: str) -> List[PullItem]:
+    """What pull_files downloads from an hf:// repository or folder: every
+    file huggingface_hub lists under it, at its path relative to it."""
+    from runai_model_streamer import hf
+
+    items = []
+    for rel, url in hf.list_files(model_path):
+        check_object_key(rel, model_path)
+        items.append(PullItem(url, 0, rel, safe_destination(dst, rel)))
+    return items
+
+
+def pull_hf(model_path: str, dst: str, allow_pattern: Union[None, str, Sequence[str]] = None,
+            ignore_pattern: Union[None, str, Sequence[str]] = None,
+            progress: Optional[Callable[[PullItem], None]] = None) -> List[PullItem]:
+    """Downloads an hf:// repository, folder or file into dst."""
+    from runai_model_streamer import hf
+
+    dst = os.fspath(dst)
+    _, _, inner = hf.parse(model_path)
+    if inner and not inner.endswith("/"):
+        return pull_urls([hf.resolve(model_path)], dst, allow_pattern, ignore_pattern, progress)
+    return _download_urls(hf_pull_items(model_path, dst), dst, allow_pattern, ignore_pattern, progress)
+
+
+def _download_urls(items: List[PullItem], dst: str, allow_pattern, ignore_pattern,
+                   progress: Optional[Callable[[PullItem], None]]) -> List[PullItem]:
     allow = _as_patterns(allow_pattern)
     ignore = _as_patterns(ignore_pattern)
-    items = [i for i in url_pull_items(urls, dst) if _matches(i.rel, allow, ignore)]
+    items = [i for i in items if _matches(i.rel, allow, ignore)]
 
     def done(item: PullItem) -> None:
         item.size = os.path.getsize(item.path)
@@ -376,6 +409,10 @@ def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) 
     """The *.safetensors files directly in ``path`` (not recursive), sorted,
     as full paths (full URIs for object storage)."""
     path = os.fspath(path)
+    if path.startswith("hf://"):
+        from runai_model_streamer import hf
+        return [url for rel, url in hf.list_files(path)
+                if "/" not in rel and fnmatch.fnmatch(rel, SAFETENSORS_PATTERN)]
     if is_http_path(path):
         raise RunaiStreamerInvalidInputException(f"{redact_url(path)}: {NO_HTTP_LISTING}")
     if is_object_storage_path(path):

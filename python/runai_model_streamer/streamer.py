@@ -89,6 +89,9 @@ def _normalize_paths(paths: Any) -> List[str]:
             )
         if not p:
             raise RunaiStreamerInvalidInputException("an empty string is not a path")
+        if p.startswith("hf://"):
+            from runai_model_streamer import hf
+            p = hf.resolve(p)  # the Hub's https URL of the file
         result.append(p)
     return result
 

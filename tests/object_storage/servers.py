@@ -73,6 +73,7 @@ __all__ = [
     "azurite_put_blob",
     "start_nginx",
     "nginx_put",
+    "nginx_put_hub",
     "AZURITE_ACCOUNT_NAME",
     "AZURITE_ACCOUNT_KEY",
 ]
@@ -662,11 +663,24 @@ http {{
             alias {work}/www/files/;
             if ($arg_Signature != "sig1") {{ return 403; }}
         }}
+        # A model hub (HF_ENDPOINT=url): resolve URLs want the Hub token and
+        # redirect to a CDN on another host (localhost) with a signed
+        # query; the CDN refuses any credential. The tree API is static JSON.
+        location /api/models/ {{ default_type application/json; }}
+        location /cdn/ {{
+            alias {work}/www/hub/;
+            if ($http_authorization) {{ return 400; }}
+        }}
+        location ~ ^/([^/]+)/([^/]+)/resolve/([^/]+)/(.*)$ {{
+            if ($http_authorization != "Bearer {hub_token}") {{ return 401; }}
+            return 302 http://localhost:{port}/cdn/$1/$2/$3/$4?X-Amz-Signature=sig1;
+        }}
     }}
 }}
 """
 
 NGINX_TOKEN = "secret-token"
+NGINX_HUB_TOKEN = "hf_test_token"
 
 
 def _nginx_binary() -> str:
@@ -701,10 +715,12 @@ def start_nginx(tmp_dir) -> dict:
 
     Returns dict(url="http://127.0.0.1:PORT", tls_url="https://127.0.0.1:PORT",
     ca_file=path of the CA's PEM, root=Path of the served files, token=the
-    bearer token /private/ wants, stop=callable, log=Path). Paths under the
-    root are served at /files/NAME (ranges, ETag), /norange/NAME (Range
-    ignored), /private/NAME (403 without the token) and /redirect/NAME (302
-    to /signed/NAME?...&Signature=sig1, a presigned-style URL).
+    bearer token /private/ wants, hub_token=the one the hub wants, stop=callable,
+    log=Path). Paths under the root are served at /files/NAME (ranges, ETag),
+    /norange/NAME (Range ignored), /private/NAME (403 without the token) and
+    /redirect/NAME (302 to /signed/NAME?...&Signature=sig1, a presigned-style
+    URL). With HF_ENDPOINT set to url the server is a model hub for the
+    files nginx_put_hub writes.
     """
     binary = _nginx_binary()
 
@@ -716,7 +732,7 @@ def start_nginx(tmp_dir) -> dict:
             # As root, nginx would run its workers as nobody, who cannot
             # read a test's temporary directory.
             user="user root root;" if os.geteuid() == 0 else "",
-            work=work, port=ports[0], tls_port=ports[1], token=NGINX_TOKEN)
+            work=work, port=ports[0], tls_port=ports[1], token=NGINX_TOKEN, hub_token=NGINX_HUB_TOKEN)
         (work / "nginx.conf").write_text(conf)
         return [binary, "-p", str(work), "-c", str(work / "nginx.conf"),
                 "-e", str(work / "error.log")], {}
@@ -732,6 +748,7 @@ def start_nginx(tmp_dir) -> dict:
         "ca_file": str(work / "ca.pem"),
         "root": work / "www" / "files",
         "token": NGINX_TOKEN,
+        "hub_token": NGINX_HUB_TOKEN,
         "stop": proc.stop,
         "log": proc.log_path,
         "startup_seconds": proc.startup_seconds,
@@ -753,6 +770,23 @@ def nginx_put(server: dict, name: str, data: bytes) -> str:
     os.utime(tmp, (t, t))
     os.replace(tmp, path)
     return f"{server['url']}/files/{name}"
+
+
+def nginx_put_hub(server: dict, repo_id: str, revision: str, name: str, data: bytes) -> None:
+    """Publish data as NAME of model repository REPO_ID at REVISION on the
+    server's hub emulation: the file behind /REPO_ID/resolve/REVISION/NAME,
+    and its entry in the tree API's listing."""
+    root = Path(server["root"]).parent  # www/
+    path = root / "hub" / repo_id / revision / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    tree = root / "api" / "models" / repo_id / "tree" / revision
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(tree.read_text()) if tree.exists() else []
+    entries = [e for e in entries if e["path"] != name]
+    entries.append({"type": "file", "path": name, "size": len(data),
+                    "oid": hashlib.sha1(data).hexdigest()})
+    tree.write_text(json.dumps(sorted(entries, key=lambda e: e["path"])))
 
 
 def _selftest() -> None:  # pragma: no cover - run by hand or in CI

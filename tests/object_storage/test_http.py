@@ -171,3 +171,81 @@ def test_cli_stream_and_pull_with_a_url_list(web, checkpoint, checkpoint_referen
     bad.write_text("s3://bucket/key\n")
     assert main(["stream", "--url-list", str(bad)]) == 1
     assert f"{bad}:1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# hf:// (huggingface_hub resolves; the http backend streams)
+
+
+@pytest.mark.parametrize("path, endpoint, want", [
+    ("hf://org/model/model.safetensors", None,
+     "https://huggingface.co/org/model/resolve/main/model.safetensors"),
+    ("hf://org/model@v1.0/sub/model-00001-of-00002.safetensors", None,
+     "https://huggingface.co/org/model/resolve/v1.0/sub/model-00001-of-00002.safetensors"),
+    ("hf://org/model@0123abcd/m.safetensors", "http://127.0.0.1:9",
+     "http://127.0.0.1:9/org/model/resolve/0123abcd/m.safetensors"),
+])
+def test_hf_url_construction(monkeypatch, path, endpoint, want):
+    from runai_model_streamer import hf
+
+    if endpoint:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    assert hf.resolve(path) == want
+
+
+@pytest.mark.parametrize("path, why", [
+    ("hf://org", "want hf://ORG/MODEL"),
+    ("hf://org/@v1/x", "want hf://ORG/MODEL"),
+    ("hf://org/model@/x", "empty revision"),
+    ("hf://org/model", "not a file"),
+    ("hf://org/model/sub/", "not a file"),
+])
+def test_hf_bad_paths(path, why):
+    from runai_model_streamer import hf
+
+    with pytest.raises(RunaiStreamerInvalidInputException, match=why):
+        hf.resolve(path)
+
+
+@pytest.fixture
+def hub(web, checkpoint, monkeypatch):
+    """The nginx hub emulation as HF_ENDPOINT, with the checkpoint published
+    as org/model at main and at v1, and the token in HF_TOKEN."""
+    for rev in ("main", "v1"):
+        for p in checkpoint:
+            servers.nginx_put_hub(web, "org/model", rev, p.name, p.read_bytes())
+        servers.nginx_put_hub(web, "org/model", rev, "config.json", b"{}")
+    monkeypatch.setenv("HF_ENDPOINT", web["url"])
+    monkeypatch.setenv("HF_TOKEN", web["hub_token"])
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    return web
+
+
+def test_hf_stream_list_and_pull(hub, checkpoint, checkpoint_reference, tmp_path, monkeypatch):
+    names = sorted(p.name for p in checkpoint)
+    assert list_safetensors("hf://org/model") == [
+        f"{hub['url']}/org/model/resolve/main/{n}" for n in names]
+    # Resolve URLs redirect to a CDN host that refuses the token: it is sent
+    # to the hub's host only.
+    got, _, _ = stream_all([f"hf://org/model@v1/{n}" for n in names])
+    assert_same_tensors(got, checkpoint_reference)
+
+    pull_files("hf://org/model", str(tmp_path / "all"), ignore_pattern=["big.*"])
+    want = {p.name: p.read_bytes() for p in checkpoint if not p.name.startswith("big.")}
+    assert tree(tmp_path / "all") == dict(want, **{"config.json": b"{}"})
+
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(RunaiStreamerPermissionError, match="401"):
+        stream_all([f"hf://org/model/{names[0]}"])
+
+
+def test_hf_cli(hub, checkpoint, checkpoint_reference, tmp_path, capsys):
+    from runai_model_streamer.cli import main
+
+    assert main(["stream", "--json", "hf://org/model@v1/"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"] == len(checkpoint)
+    assert summary["bytes"] == sum(len(v[2]) for v in checkpoint_reference.values())
+    assert main(["pull", "hf://org/model", str(tmp_path / "pulled"), "--allow", "*.json",
+                 "--no-progress"]) == 0
+    assert tree(tmp_path / "pulled") == {"config.json": b"{}"}
