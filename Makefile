@@ -45,7 +45,8 @@ $(VENV)/.installed: pyproject.toml
 
 dev: build $(VENV)/.installed
 
-# MinIO, fake-gcs-server and Azurite, pinned, into .tools/ (idempotent).
+# MinIO, fake-gcs-server and Azurite, pinned, into .tools/, and nginx (apt-get
+# install nginx-light) for the http(s) backend (idempotent).
 servers:
 	bash ci/install-servers.sh
 

@@ -4,15 +4,20 @@
 #   .tools/bin/minio             MinIO (S3)          go install, pinned below
 #   .tools/bin/fake-gcs-server   fake-gcs-server     go install, pinned below
 #   .tools/azurite/              Azurite (Azure)     npm install, pinned below
+#   /usr/sbin/nginx              nginx (HTTP(S))     apt-get install nginx-light
 #
 # Idempotent: each server is skipped when its version stamp
 # (.tools/stamps/<name>) already names the pinned version and the binary is
 # there, so a warm run takes well under a second. Go builds use the normal Go
 # module and build caches; set GOCACHE/GOMODCACHE to measure a fresh install.
 #
-# Packages come from the Go module proxy and the npm registry only.
+# Packages come from the Go module proxy, the npm registry and, for nginx,
+# the system's apt sources (Debian's nginx-light: a static file server with
+# byte ranges and TLS, nothing more). nginx is a system package, not a file
+# under .tools: installing it needs root (or sudo) on a Debian-like system,
+# and an nginx already on PATH (or at /usr/sbin/nginx) is used as it is.
 #
-# Usage: ci/install-servers.sh [minio|fake-gcs|azurite ...]   (default: all)
+# Usage: ci/install-servers.sh [minio|fake-gcs|azurite|nginx ...]   (default: all)
 set -euo pipefail
 
 # MinIO has no semver tags on the module proxy, only pseudo-versions of its
@@ -103,15 +108,61 @@ install_azurite() {
 	log "installed azurite $AZURITE_VERSION in $((SECONDS - start))s"
 }
 
+install_nginx() {
+	local have
+	have=$(command -v nginx || true)
+	[[ -n "$have" ]] || { [[ -x /usr/sbin/nginx ]] && have=/usr/sbin/nginx; }
+	if [[ -n "$have" ]]; then
+		log "nginx already installed ($have)"
+		return
+	fi
+	if ! command -v apt-get >/dev/null; then
+		log "nginx is not installed and apt-get is missing: install nginx (with the ssl module) by other means" >&2
+		return 1
+	fi
+	local sudo=()
+	if [[ $(id -u) -ne 0 ]]; then
+		command -v sudo >/dev/null || { log "installing nginx-light needs root or sudo" >&2; return 1; }
+		sudo=(sudo)
+	fi
+	log "installing nginx: apt-get install nginx-light"
+	local start=$SECONDS
+	# The package's own service is not wanted (the tests start their own
+	# nginx on a free loopback port): policy-rc.d exit 101 keeps
+	# invoke-rc.d from starting it on port 80, where no init system would.
+	local policy=/usr/sbin/policy-rc.d made_policy=0
+	if [[ ! -e $policy ]]; then
+		printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+		"${sudo[@]}" chmod 755 "$policy"
+		made_policy=1
+	fi
+	# An update only when the package lists are missing or too old to
+	# know the package (a fresh container has none).
+	local rc=0
+	if ! apt-cache show nginx-light >/dev/null 2>&1; then
+		"${sudo[@]}" apt-get update -q || rc=$?
+	fi
+	if [[ $rc -eq 0 ]]; then
+		DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends nginx-light || rc=$?
+	fi
+	if [[ $made_policy -eq 1 ]]; then "${sudo[@]}" rm -f "$policy"; fi
+	if [[ $rc -ne 0 ]]; then
+		log "apt-get failed (status $rc): nginx-light is not installed" >&2
+		return "$rc"
+	fi
+	log "installed nginx ($(/usr/sbin/nginx -v 2>&1)) in $((SECONDS - start))s"
+}
+
 targets=("$@")
-[[ ${#targets[@]} -gt 0 ]] || targets=(minio fake-gcs azurite)
+[[ ${#targets[@]} -gt 0 ]] || targets=(minio fake-gcs azurite nginx)
 for t in "${targets[@]}"; do
 	case "$t" in
 	minio) install_minio ;;
 	fake-gcs | fake-gcs-server) install_fake_gcs ;;
 	azurite) install_azurite ;;
+	nginx) install_nginx ;;
 	*)
-		log "unknown server $t (want minio, fake-gcs or azurite)" >&2
+		log "unknown server $t (want minio, fake-gcs, azurite or nginx)" >&2
 		exit 2
 		;;
 	esac

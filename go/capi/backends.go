@@ -14,6 +14,7 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage/azure"
 	"github.com/model-streamer/model-streamer/go/storage/fs"
 	"github.com/model-streamer/model-streamer/go/storage/gcs"
+	httpstore "github.com/model-streamer/model-streamer/go/storage/http"
 	"github.com/model-streamer/model-streamer/go/storage/s3"
 )
 
@@ -93,6 +94,10 @@ func (r request) registry() *storage.Registry {
 	} {
 		reg.Register(scheme, &lazyBackend{settings: r.settings, build: build})
 	}
+	// One backend (one connection pool) for both schemes of URLs.
+	web := &lazyBackend{settings: r.settings, build: httpstore.New}
+	reg.Register("http", web)
+	reg.Register("https", web)
 	return reg
 }
 
@@ -136,7 +141,11 @@ func (l *lazyBackend) List(ctx context.Context, uri string, recursive bool) ([]s
 	}
 	lister, ok := b.(storage.Lister)
 	if !ok {
-		return nil, &storage.Error{Op: "list", URI: uri, Code: storage.InvalidArgument, Err: fmt.Errorf("backend cannot list")}
+		why := "backend cannot list"
+		if n, ok := b.(interface{ NoListing() string }); ok {
+			why = n.NoListing()
+		}
+		return nil, &storage.Error{Op: "list", URI: httpstore.RedactString(uri), Code: storage.InvalidArgument, Err: errors.New(why)}
 	}
 	return lister.List(ctx, uri, recursive)
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/model-streamer/model-streamer/go/integrity"
 	"github.com/model-streamer/model-streamer/go/safetensors"
 	"github.com/model-streamer/model-streamer/go/storage"
+	httpstore "github.com/model-streamer/model-streamer/go/storage/http"
 	"github.com/model-streamer/model-streamer/go/stream"
 )
 
@@ -91,7 +92,9 @@ func code(err error) C.int {
 }
 
 func fail(errBuf *C.char, errLen C.size_t, err error) C.int {
-	setErr(errBuf, errLen, err.Error())
+	// The engine names files as the caller gave them: an http(s) URL's
+	// query (a presigned signature) must not reach the message.
+	setErr(errBuf, errLen, httpstore.RedactText(err.Error()))
 	return code(err)
 }
 

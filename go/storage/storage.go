@@ -262,9 +262,10 @@ func (s Settings) Bool(key string, def bool) bool {
 
 // SettingPrefixes are the environment variable prefixes backends read
 // (CLOUD_STORAGE_ and API_ENDPOINT_OVERRIDE: the GCS emulator and endpoint
-// variables of google-cloud-cpp and the Python SDK).
+// variables of google-cloud-cpp and the Python SDK; HF_TOKEN, HF_ENDPOINT,
+// SSL_CERT_FILE and SSL_CERT_DIR: the http backend's Hub token and roots).
 var SettingPrefixes = []string{"AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST",
-	"MODEL_STREAMER_", "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE"}
+	"MODEL_STREAMER_", "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE", "HF_TOKEN", "HF_ENDPOINT", "SSL_CERT_FILE", "SSL_CERT_DIR"}
 
 // EnvSettings returns the variables of this process's environment whose
 // names start with one of SettingPrefixes.

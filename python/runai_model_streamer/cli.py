@@ -80,13 +80,34 @@ class Progress:
 
 def expand_paths(paths: Sequence[str]) -> List[str]:
     """Files as given; directories, and object-storage prefixes written with a
-    trailing "/", -> their *.safetensors (sorted)."""
-    from runai_model_streamer.files import is_object_storage_path, list_safetensors
+    trailing "/", -> their *.safetensors (sorted). http(s) URLs are files:
+    there is no listing over HTTP."""
+    from runai_model_streamer.files import (
+        NO_HTTP_LISTING,
+        is_http_path,
+        is_object_storage_path,
+        list_safetensors,
+        redact_url,
+    )
 
     files: List[str] = []
     for p in paths:
         remote = is_object_storage_path(p)
-        if remote and p.endswith("/"):
+        if p.startswith("hf://"):
+            from runai_model_streamer import hf
+            _, _, inner = hf.parse(p)
+            if inner and not inner.endswith("/"):
+                files.append(p)
+                continue
+            found = list_safetensors(p)
+            if not found:
+                raise RunaiStreamerError(f"{p}: no *.safetensors files in this repository folder")
+            files.extend(found)
+        elif is_http_path(p):
+            if p.split("?", 1)[0].endswith("/"):
+                raise RunaiStreamerError(f"{redact_url(p)}: {NO_HTTP_LISTING}")
+            files.append(p)
+        elif remote and p.endswith("/"):
             found = list_safetensors(p)
             if not found:
                 raise RunaiStreamerError(f"{p}: no *.safetensors objects under this prefix")
@@ -183,9 +204,21 @@ def _show_progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty()
 
 
+def _with_url_list(paths: Sequence[str], url_list: Optional[str]) -> List[str]:
+    from runai_model_streamer.files import read_url_list
+
+    out = list(paths)
+    if url_list:
+        out.extend(read_url_list(url_list))
+    return out
+
+
 def cmd_stream(args: argparse.Namespace) -> int:
     _apply_settings(args)
-    summary = stream_paths(args.paths, progress=_show_progress(args))
+    paths = _with_url_list(args.paths, args.url_list)
+    if not paths:
+        raise RunaiStreamerError("stream: give a PATH or --url-list FILE")
+    summary = stream_paths(paths, progress=_show_progress(args))
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -320,6 +353,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from runai_model_streamer.files import (
         _settings,
         download_items,
+        is_http_path,
         is_object_storage_path,
         plan_pull,
         pull_files,
@@ -329,6 +363,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     _apply_settings(args)
     show = _show_progress(args)
     start = time.perf_counter()
+    if len(args.targets) > 2:
+        raise RunaiStreamerError("pull: give URI DIR, or DIR with --url-list FILE")
+    if len(args.targets) == 1:
+        if not args.url_list:
+            raise RunaiStreamerError("pull: give URI DIR, or DIR with --url-list FILE")
+        args.uri, args.dir = None, args.targets[0]
+    else:
+        args.uri, args.dir = args.targets
+    if args.url_list or is_http_path(args.uri) or (args.uri or "").startswith("hf://"):
+        return _pull_urls(args, show, start)
     if not is_object_storage_path(args.uri):
         pull_files(args.uri, args.dir, args.allow, args.ignore)
         print(f"copied {args.uri} to {args.dir} in {time.perf_counter() - start:.2f} s")
@@ -350,6 +394,32 @@ def cmd_pull(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     rate = total / seconds / 1e9 if seconds > 0 else 0.0
     print(f"pulled {len(items)} file(s), {total} bytes ({_human(total)}) from {args.uri} "
+          f"to {args.dir} in {seconds:.2f} s ({rate:.2f} GB/s)")
+    return 0
+
+
+def _pull_urls(args: argparse.Namespace, show: bool, start: float) -> int:
+    from runai_model_streamer.files import pull_hf, pull_urls, redact_url
+
+    if args.uri and args.uri.startswith("hf://"):
+        if args.url_list:
+            raise RunaiStreamerError("pull: an hf:// URI and --url-list cannot be combined")
+        bar = Progress(0, out=sys.stderr, enabled=False)
+        items = pull_hf(args.uri, args.dir, args.allow, args.ignore)
+        urls = None
+    else:
+        urls = _with_url_list([args.uri] if args.uri else [], args.url_list)
+        bar = Progress(len(urls), out=sys.stderr, enabled=show)
+        bar.unit = "files"
+        items = pull_urls(urls, args.dir, args.allow, args.ignore, progress=lambda item: bar.update(1))
+    bar.finish()
+    if not items:
+        raise RunaiStreamerError("no URLs to download (none matches the filters)")
+    total = sum(i.size for i in items)
+    seconds = time.perf_counter() - start
+    rate = total / seconds / 1e9 if seconds > 0 else 0.0
+    source = redact_url(args.uri) if args.uri and not args.url_list else (args.url_list or "")
+    print(f"pulled {len(items)} file(s), {total} bytes ({_human(total)}) from {source} "
           f"to {args.dir} in {seconds:.2f} s ({rate:.2f} GB/s)")
     return 0
 
@@ -396,8 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="never show the progress bar")
 
     p = sub.add_parser("stream", help="stream files or directories and print a summary")
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="a .safetensors file, or a directory of them")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="a .safetensors file or URL, or a directory or prefix of them")
+    p.add_argument("--url-list", metavar="FILE",
+                   help="also stream the http(s) URLs in FILE, one per line (there is no "
+                        "listing over HTTP)")
     settings(p)
     p.set_defaults(func=cmd_stream)
 
@@ -418,9 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: {objects: [{uri, size}]}")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("pull", help="download the files under a prefix into a directory")
-    p.add_argument("uri", metavar="URI", help="s3://, gs:// or az:// prefix (or a local directory)")
-    p.add_argument("dir", metavar="DIR", help="destination directory")
+    p = sub.add_parser("pull", help="download the files under a prefix, or URLs, into a directory")
+    p.add_argument("targets", nargs="+", metavar="[URI] DIR",
+                   help="URI: s3://, gs:// or az:// prefix, a local directory, or an http(s) "
+                        "file URL; DIR: the destination directory")
+    p.add_argument("--url-list", metavar="FILE",
+                   help="download the http(s) URLs in FILE, one per line, each under its path "
+                        "relative to the directory the URLs share")
     p.add_argument("--allow", action="append", metavar="PATTERN",
                    help="fnmatch pattern of the keys to fetch, relative to URI (repeatable)")
     p.add_argument("--ignore", action="append", metavar="PATTERN",

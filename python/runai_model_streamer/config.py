@@ -152,10 +152,14 @@ class StreamerConfig:
 # never reads the environment itself), as go/storage.SettingPrefixes.
 # CLOUD_STORAGE_ (CLOUD_STORAGE_EMULATOR_ENDPOINT, ..._TESTBENCH_ENDPOINT)
 # and API_ENDPOINT_OVERRIDE are the GCS endpoint variables of google-cloud-cpp
-# and of the Python SDK, which the reference honours.
+# and of the Python SDK, which the reference honours. HF_TOKEN, HF_ENDPOINT,
+# SSL_CERT_FILE and SSL_CERT_DIR are the http(s) backend's: the Hub token
+# (sent to the Hub's hosts only) and the roots the Go runtime would read from
+# the environment it started with, which this process may have changed since.
 SETTING_PREFIXES = ("AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_",
                     "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_", "CLOUD_STORAGE_",
-                    "API_ENDPOINT_OVERRIDE")
+                    "API_ENDPOINT_OVERRIDE", "HF_TOKEN", "HF_ENDPOINT", "SSL_CERT_FILE",
+                    "SSL_CERT_DIR")
 
 NO_BOTO3_SESSION_ENV = "RUNAI_STREAMER_NO_BOTO3_SESSION"
 S3_UNSIGNED_ENV = "RUNAI_STREAMER_S3_UNSIGNED"

@@ -22,6 +22,11 @@ from runai_model_streamer.exceptions import (
 
 SAFETENSORS_PATTERN = "*.safetensors"
 OBJECT_STORAGE_SCHEMES = ("s3", "gs", "az")
+HTTP_SCHEMES = ("http", "https")
+
+# What every message about an http(s) prefix says: there is no listing.
+NO_HTTP_LISTING = ("listing is not possible over HTTP: name each file's URL (on the command "
+                   "line, with --url-list FILE: a text file of URLs, one per line)")
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
@@ -63,6 +68,84 @@ def uri_scheme(path: str) -> str:
     """'s3' for 's3://bucket/key', 'file' for a local path or 'file://...'."""
     m = _SCHEME_RE.match(path)
     return m.group(1).lower() if m else "file"
+
+
+def storage_family(path: str) -> str:
+    """uri_scheme, with http and https as one ("http"): one backend serves
+    both, so one stream may mix them."""
+    scheme = uri_scheme(path)
+    return "http" if scheme in HTTP_SCHEMES else scheme
+
+
+def is_http_path(path: str) -> bool:
+    return uri_scheme(path) in HTTP_SCHEMES
+
+
+def redact_url(url: str) -> str:
+    """url without its query string, fragment and user information, which
+    may hold secrets (a presigned signature): for messages."""
+    import urllib.parse
+    try:
+        u = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0]
+    netloc = u.netloc.rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((u.scheme, netloc, u.path, "", ""))
+
+
+def read_url_list(path: str) -> List[str]:
+    """The URLs of a text file: one per line; blank lines and lines starting
+    with "#" are skipped. Each must be an http:// or https:// URL."""
+    urls = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not is_http_path(line):
+                raise RunaiStreamerInvalidInputException(
+                    f"{path}:{lineno}: {redact_url(line)!r} is not an http:// or https:// URL")
+            urls.append(line)
+    if not urls:
+        raise RunaiStreamerInvalidInputException(f"{path}: no URLs in the file")
+    return urls
+
+
+def url_pull_items(urls: Sequence[str], dst: str) -> List["PullItem"]:
+    """What pull_files downloads for file URLs: each URL into dst under its
+    path relative to the longest directory all the URLs share (the file name
+    alone for one URL), query strings dropped. Sizes are learnt on download
+    (0 until then)."""
+    import posixpath
+    import urllib.parse
+
+    if not urls:
+        return []
+    parsed = []
+    for url in urls:
+        if not is_http_path(url):
+            raise RunaiStreamerInvalidInputException(
+                f"{redact_url(url)!r}: not an http:// or https:// URL")
+        u = urllib.parse.urlsplit(url)
+        path = urllib.parse.unquote(u.path)
+        if not path or path.endswith("/"):
+            raise RunaiStreamerInvalidInputException(f"{redact_url(url)}: {NO_HTTP_LISTING}")
+        parsed.append((u.scheme + "://" + u.netloc.rsplit("@", 1)[-1], path))
+    if len({origin for origin, _ in parsed}) == 1 and len(parsed) > 1:
+        common = posixpath.commonpath([posixpath.dirname(p) for _, p in parsed])
+    else:
+        common = None
+    items = []
+    seen = {}
+    for url, (_, path) in zip(urls, parsed):
+        rel = posixpath.relpath(path, common) if common else posixpath.basename(path)
+        check_object_key(rel, redact_url(url))
+        if rel in seen:
+            raise RunaiStreamerInvalidInputException(
+                f"{redact_url(url)} and {redact_url(seen[rel])} would both be written to {rel}")
+        seen[rel] = url
+        items.append(PullItem(url, 0, rel, safe_destination(dst, rel)))
+    return items
 
 
 def is_object_storage_path(path: str) -> bool:
@@ -254,17 +337,84 @@ def pull_remote(model_path: str, dst: str, allow_pattern: Union[None, str, Seque
                 ignore_pattern: Union[None, str, Sequence[str]] = None,
                 credentials: Optional[S3Credentials] = None) -> None:
     """Copies every object under the object storage prefix model_path that
-    passes the filters into dst (see plan_pull and download_items)."""
+    passes the filters into dst (see plan_pull and download_items). For
+    http(s), model_path is a file's URL (or a list of them): there is no
+    listing, so the filters apply to the URLs' relative paths."""
+    if not isinstance(model_path, (str, bytes, os.PathLike)):
+        urls = [os.fspath(u) for u in model_path]
+        pull_urls(urls, dst, allow_pattern, ignore_pattern)
+        return
     model_path = os.fspath(model_path)
+    if model_path.startswith("hf://"):
+        pull_hf(model_path, dst, allow_pattern, ignore_pattern)
+        return
+    if is_http_path(model_path):
+        pull_urls([model_path], dst, allow_pattern, ignore_pattern)
+        return
     settings = _settings(credentials, uri_scheme(model_path))
     items = plan_pull(model_path, dst, allow_pattern, ignore_pattern, credentials, settings)
     download_items(items, os.fspath(dst), credentials, settings)
+
+
+def pull_urls(urls: Sequence[str], dst: str, allow_pattern: Union[None, str, Sequence[str]] = None,
+              ignore_pattern: Union[None, str, Sequence[str]] = None,
+              progress: Optional[Callable[[PullItem], None]] = None) -> List[PullItem]:
+    """Downloads file URLs into dst (see url_pull_items) and returns the
+    items, each with its size."""
+    dst = os.fspath(dst)
+    return _download_urls(url_pull_items(urls, dst), dst, allow_pattern, ignore_pattern, progress)
+
+
+def hf_pull_items(model_path: str, dst: str) -> List[PullItem]:
+    """What pull_files downloads from an hf:// repository or folder: every
+    file huggingface_hub lists under it, at its path relative to it."""
+    from runai_model_streamer import hf
+
+    items = []
+    for rel, url in hf.list_files(model_path):
+        check_object_key(rel, model_path)
+        items.append(PullItem(url, 0, rel, safe_destination(dst, rel)))
+    return items
+
+
+def pull_hf(model_path: str, dst: str, allow_pattern: Union[None, str, Sequence[str]] = None,
+            ignore_pattern: Union[None, str, Sequence[str]] = None,
+            progress: Optional[Callable[[PullItem], None]] = None) -> List[PullItem]:
+    """Downloads an hf:// repository, folder or file into dst."""
+    from runai_model_streamer import hf
+
+    dst = os.fspath(dst)
+    _, _, inner = hf.parse(model_path)
+    if inner and not inner.endswith("/"):
+        return pull_urls([hf.resolve(model_path)], dst, allow_pattern, ignore_pattern, progress)
+    return _download_urls(hf_pull_items(model_path, dst), dst, allow_pattern, ignore_pattern, progress)
+
+
+def _download_urls(items: List[PullItem], dst: str, allow_pattern, ignore_pattern,
+                   progress: Optional[Callable[[PullItem], None]]) -> List[PullItem]:
+    allow = _as_patterns(allow_pattern)
+    ignore = _as_patterns(ignore_pattern)
+    items = [i for i in items if _matches(i.rel, allow, ignore)]
+
+    def done(item: PullItem) -> None:
+        item.size = os.path.getsize(item.path)
+        if progress is not None:
+            progress(item)
+
+    download_items(items, dst, settings=_settings(None, "https"), progress=done)
+    return items
 
 
 def list_safetensors(path: str, s3_credentials: Optional[S3Credentials] = None) -> List[str]:
     """The *.safetensors files directly in ``path`` (not recursive), sorted,
     as full paths (full URIs for object storage)."""
     path = os.fspath(path)
+    if path.startswith("hf://"):
+        from runai_model_streamer import hf
+        return [url for rel, url in hf.list_files(path)
+                if "/" not in rel and fnmatch.fnmatch(rel, SAFETENSORS_PATTERN)]
+    if is_http_path(path):
+        raise RunaiStreamerInvalidInputException(f"{redact_url(path)}: {NO_HTTP_LISTING}")
     if is_object_storage_path(path):
         objects = list_remote(path, False, s3_credentials)
         return sorted(uri for uri, _ in objects
@@ -304,11 +454,18 @@ def pull_files(
     """Copies the files under ``model_path`` (a local directory or an object
     storage prefix, recursively) into ``dst``, keeping relative paths.
     ``allow_pattern`` / ``ignore_pattern``: fnmatch patterns matched against
-    the path relative to model_path. Nothing is written outside ``dst``."""
-    model_path = os.fspath(model_path)
+    the path relative to model_path. Nothing is written outside ``dst``.
+
+    For http(s) there is no listing: ``model_path`` is a file's URL, or a
+    list of URLs, each downloaded under its path relative to the directory
+    they share."""
     dst = os.fspath(dst)
     allow = _as_patterns(allow_pattern)
     ignore = _as_patterns(ignore_pattern)
+    if not isinstance(model_path, (str, bytes, os.PathLike)):  # a list of URLs
+        pull_remote(model_path, dst, allow, ignore, s3_credentials)
+        return
+    model_path = os.fspath(model_path)
     if is_object_storage_path(model_path):
         pull_remote(model_path, dst, allow, ignore, s3_credentials)
         return

@@ -18,7 +18,7 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerError,
     RunaiStreamerInvalidInputException,
 )
-from runai_model_streamer.files import S3Credentials, uri_scheme
+from runai_model_streamer.files import S3Credentials, storage_family
 from runai_model_streamer.metadata import SafetensorMetadata
 
 logger = logging.getLogger("runai_model_streamer")
@@ -89,12 +89,15 @@ def _normalize_paths(paths: Any) -> List[str]:
             )
         if not p:
             raise RunaiStreamerInvalidInputException("an empty string is not a path")
+        if p.startswith("hf://"):
+            from runai_model_streamer import hf
+            p = hf.resolve(p)  # the Hub's https URL of the file
         result.append(p)
     return result
 
 
 def _check_schemes(paths: Sequence[str]) -> str:
-    schemes = {uri_scheme(p) for p in paths}
+    schemes = {storage_family(p) for p in paths}
     if len(schemes) > 1:
         if "file" in schemes:
             raise RunaiStreamerInvalidInputException(

@@ -113,3 +113,41 @@ def test_minio_two_processes(minio, checkpoints, tmp_path):
     for r in results.values():
         assert not r["distributed"]
         assert any("not for cpu tensors" in line for line in r["logs"]), r["logs"]
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    from object_storage import servers  # tests/object_storage
+
+    try:
+        server = servers.start_nginx(tmp_path_factory.mktemp("nginx"))
+    except servers.ServerNotInstalled as e:
+        if os.environ.get("MODEL_STREAMER_REQUIRE_SERVERS") == "1":
+            raise
+        pytest.skip(str(e))
+    yield server
+    server["stop"]()
+
+
+def test_http_two_processes(nginx, checkpoints, tmp_path):
+    """The same over https:// URLs behind a presigned-style redirect."""
+    from object_storage import servers
+
+    for p in checkpoints["mixed"]:
+        servers.nginx_put(nginx, f"dist/{p.name}", p.read_bytes())
+    uris = [f"{nginx['tls_url']}/redirect/dist/{p.name}" for p in checkpoints["mixed"]]
+    size = checkpoints["mixed"][0].stat().st_size
+    request = {"id": 0, "path": uris[0], "offsets": [0, size // 3, size], "sizes": [size, size // 3, 0]}
+    env = {"SSL_CERT_FILE": nginx["ca_file"], "RUNAI_STREAMER_DIST_TIMEOUT": "60",
+           "RUNAI_STREAMER_DIST": "1"}
+    run = launch(tmp_path, 2, [
+        {"name": "forced", "paths": uris, "env": env},
+        {"name": "ranges", "kind": "ranges", "requests": [request], "env": env},
+    ])
+    results = run.of("forced")
+    assert_every_tensor(results, expected_digests(checkpoints["mixed"]))
+    if _has_read_headers():
+        assert all(r["distributed"] for r in results.values())
+        assert_read_once(results, tensor_bytes_total(checkpoints["mixed"]), [[0, 1]])
+    local = [dict(request, path=str(checkpoints["mixed"][0]))]
+    assert_every_chunk(run.of("ranges"), chunk_digests(local))

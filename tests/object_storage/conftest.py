@@ -35,7 +35,8 @@ SCHEMES = ("s3", "gs", "az")
 _SCRUB_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_", "GCS_", "STORAGE_EMULATOR_HOST",
                    "MODEL_STREAMER_GCS_ENDPOINT", "RUNAI_STREAMER_NO_BOTO3_SESSION",
                    "RUNAI_STREAMER_S3_", "RUNAI_STREAMER_GCS_", "CLOUDSDK_", "GCE_METADATA",
-                   "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE")
+                   "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE", "HF_TOKEN", "HF_ENDPOINT",
+                   "SSL_CERT_", "MODEL_STREAMER_HTTP_")
 
 _counter = itertools.count()
 

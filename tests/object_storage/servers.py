@@ -7,6 +7,7 @@ $MODEL_STREAMER_TOOLS):
     start_minio(tmp_dir)     MinIO (S3 API)
     start_fake_gcs(tmp_dir)  fake-gcs-server (GCS JSON API, plain HTTP)
     start_azurite(tmp_dir)   Azurite blob service (Azure Blob API)
+    start_nginx(tmp_dir)     nginx serving files over http and https
 
 Each binds 127.0.0.1 only, on free ports, keeps its data under tmp_dir,
 turns update checks, consoles and telemetry off, returns once the server
@@ -39,6 +40,7 @@ import base64
 import datetime
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import shutil
@@ -69,6 +71,9 @@ __all__ = [
     "gcs_put_object",
     "azurite_create_container",
     "azurite_put_blob",
+    "start_nginx",
+    "nginx_put",
+    "nginx_put_hub",
     "AZURITE_ACCOUNT_NAME",
     "AZURITE_ACCOUNT_KEY",
 ]
@@ -615,6 +620,173 @@ def azurite_put_blob(server: dict, container: str, name: str, data: bytes) -> st
 
 # ---------------------------------------------------------------------------
 # Self-test: python3 tests/object_storage/servers.py
+
+
+# ---------------------------------------------------------------------------
+# nginx (the system's, from Debian's nginx-light)
+
+_NGINX_CONF = """
+{user}
+daemon off;
+worker_processes 2;
+worker_shutdown_timeout 1s;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/tmp/body;
+    proxy_temp_path {work}/tmp/proxy;
+    fastcgi_temp_path {work}/tmp/fastcgi;
+    uwsgi_temp_path {work}/tmp/uwsgi;
+    scgi_temp_path {work}/tmp/scgi;
+    sendfile on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    types {{ }}
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {work}/server.pem;
+        ssl_certificate_key {work}/server.key;
+        root {work}/www;
+        location = /health {{ return 200 "ok\\n"; }}
+        location /files/ {{ }}
+        location /norange/ {{ alias {work}/www/files/; max_ranges 0; }}
+        location /private/ {{
+            alias {work}/www/files/;
+            if ($http_authorization != "Bearer {token}") {{ return 403; }}
+        }}
+        location ~ ^/redirect/(.*)$ {{
+            return 302 /signed/$1?AWSAccessKeyId=AKIDEXAMPLE&Expires=4102444800&Signature=sig1;
+        }}
+        location /signed/ {{
+            alias {work}/www/files/;
+            if ($arg_Signature != "sig1") {{ return 403; }}
+        }}
+        # A model hub (HF_ENDPOINT=url): resolve URLs want the Hub token and
+        # redirect to a CDN on another host (localhost) with a signed
+        # query; the CDN refuses any credential. The tree API is static JSON.
+        location /api/models/ {{ default_type application/json; }}
+        location /cdn/ {{
+            alias {work}/www/hub/;
+            if ($http_authorization) {{ return 400; }}
+        }}
+        location ~ ^/([^/]+)/([^/]+)/resolve/([^/]+)/(.*)$ {{
+            if ($http_authorization != "Bearer {hub_token}") {{ return 401; }}
+            return 302 http://localhost:{port}/cdn/$1/$2/$3/$4?X-Amz-Signature=sig1;
+        }}
+    }}
+}}
+"""
+
+NGINX_TOKEN = "secret-token"
+NGINX_HUB_TOKEN = "hf_test_token"
+
+
+def _nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if not found:
+        _missing("nginx", "/usr/sbin/nginx")
+    return found
+
+
+def _make_certs(work: Path) -> None:
+    """A CA (ca.pem) and a certificate for 127.0.0.1 and localhost signed by
+    it (server.pem, server.key), with the openssl command."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=str(work), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    (work / "ext.cnf").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=model-streamer test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
+
+
+def start_nginx(tmp_dir) -> dict:
+    """Start nginx serving tmp_dir/.../www/files over http and https (a
+    certificate from a CA made here).
+
+    Returns dict(url="http://127.0.0.1:PORT", tls_url="https://127.0.0.1:PORT",
+    ca_file=path of the CA's PEM, root=Path of the served files, token=the
+    bearer token /private/ wants, hub_token=the one the hub wants, stop=callable,
+    log=Path). Paths under the root are served at /files/NAME (ranges, ETag),
+    /norange/NAME (Range ignored), /private/NAME (403 without the token) and
+    /redirect/NAME (302 to /signed/NAME?...&Signature=sig1, a presigned-style
+    URL). With HF_ENDPOINT set to url the server is a model hub for the
+    files nginx_put_hub writes.
+    """
+    binary = _nginx_binary()
+
+    def command(ports, work):
+        for d in ("tmp", "www/files"):
+            (work / d).mkdir(parents=True, exist_ok=True)
+        _make_certs(work)
+        conf = _NGINX_CONF.format(
+            # As root, nginx would run its workers as nobody, who cannot
+            # read a test's temporary directory.
+            user="user root root;" if os.geteuid() == 0 else "",
+            work=work, port=ports[0], tls_port=ports[1], token=NGINX_TOKEN, hub_token=NGINX_HUB_TOKEN)
+        (work / "nginx.conf").write_text(conf)
+        return [binary, "-p", str(work), "-c", str(work / "nginx.conf"),
+                "-e", str(work / "error.log")], {}
+
+    proc, ports = _start(
+        "nginx", tmp_dir, 2, command,
+        lambda ports: _http_status(f"http://{_hostport(ports[0])}/health") == 200,
+    )
+    work = Path(proc.log_path).parent
+    return {
+        "url": f"http://{_hostport(ports[0])}",
+        "tls_url": f"https://{_hostport(ports[1])}",
+        "ca_file": str(work / "ca.pem"),
+        "root": work / "www" / "files",
+        "token": NGINX_TOKEN,
+        "hub_token": NGINX_HUB_TOKEN,
+        "stop": proc.stop,
+        "log": proc.log_path,
+        "startup_seconds": proc.startup_seconds,
+    }
+
+
+_put_count = itertools.count(1)
+
+
+def nginx_put(server: dict, name: str, data: bytes) -> str:
+    """Write data as NAME under the server's root (a new file renamed over
+    any old one, with a distinct modification time so a replaced file gets
+    a new ETag); returns its http URL under /files/."""
+    path = Path(server["root"]) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    t = time.time() + next(_put_count)
+    os.utime(tmp, (t, t))
+    os.replace(tmp, path)
+    return f"{server['url']}/files/{name}"
+
+
+def nginx_put_hub(server: dict, repo_id: str, revision: str, name: str, data: bytes) -> None:
+    """Publish data as NAME of model repository REPO_ID at REVISION on the
+    server's hub emulation: the file behind /REPO_ID/resolve/REVISION/NAME,
+    and its entry in the tree API's listing."""
+    root = Path(server["root"]).parent  # www/
+    path = root / "hub" / repo_id / revision / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    tree = root / "api" / "models" / repo_id / "tree" / revision
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    entries = json.loads(tree.read_text()) if tree.exists() else []
+    entries = [e for e in entries if e["path"] != name]
+    entries.append({"type": "file", "path": name, "size": len(data),
+                    "oid": hashlib.sha1(data).hexdigest()})
+    tree.write_text(json.dumps(sorted(entries, key=lambda e: e["path"])))
 
 
 def _selftest() -> None:  # pragma: no cover - run by hand or in CI

@@ -88,7 +88,8 @@ def test_environment_settings_by_prefix():
     assert got == {k: v for k, v in ENV.items() if k not in ("HOME", "PATH", "XAWS_NOT")}
     assert config.SETTING_PREFIXES == ("AWS_", "RUNAI_STREAMER_", "AZURE_", "GOOGLE_", "GCS_",
                                        "STORAGE_EMULATOR_HOST", "MODEL_STREAMER_",
-                                       "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE")
+                                       "CLOUD_STORAGE_", "API_ENDPOINT_OVERRIDE", "HF_TOKEN",
+                                       "HF_ENDPOINT", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 def test_settings_prefixes_match_the_go_library():

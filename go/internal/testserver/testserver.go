@@ -1,7 +1,8 @@
 // Package testserver starts real object-storage servers on 127.0.0.1 for
-// tests: MinIO (S3), fake-gcs-server (GCS) and Azurite (Azure Blob). The
-// binaries come from ci/install-servers.sh, which installs them into
-// <repo>/.tools (or $MODEL_STREAMER_TOOLS).
+// tests: MinIO (S3), fake-gcs-server (GCS), Azurite (Azure Blob) and nginx
+// (http and https file serving, nginx.go). The binaries come from
+// ci/install-servers.sh, which installs them into <repo>/.tools (or
+// $MODEL_STREAMER_TOOLS); nginx is the system's (Debian's nginx-light).
 //
 // Each starter (MinIO, FakeGCS, Azurite) starts a fresh server for the
 // calling test: on free loopback ports, with a data directory from

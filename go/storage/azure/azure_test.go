@@ -871,25 +871,6 @@ func TestStream(t *testing.T) {
 }
 
 func TestHelpers(t *testing.T) {
-	for _, tc := range []struct {
-		h    http.Header
-		want time.Duration
-	}{
-		{http.Header{}, 0},
-		{http.Header{"Retry-After": {"3"}}, 3 * time.Second},
-		{http.Header{"Retry-After": {"0"}}, 0},
-		{http.Header{"Retry-After": {"soon"}}, 0},
-		{http.Header{"Retry-After-Ms": {"1500"}, "Retry-After": {"9"}}, 1500 * time.Millisecond},
-		{http.Header{"X-Ms-Retry-After-Ms": {"250"}}, 250 * time.Millisecond},
-	} {
-		if got := retryAfter(tc.h); got != tc.want {
-			t.Errorf("retryAfter(%v) = %v, want %v", tc.h, got, tc.want)
-		}
-	}
-	if d := retryAfter(http.Header{"Retry-After": {time.Now().Add(5 * time.Second).UTC().Format(http.TimeFormat)}}); d < 3*time.Second || d > 5*time.Second {
-		t.Errorf("Retry-After as a date: %v", d)
-	}
-
 	for status, want := range map[int]storage.Code{
 		400: storage.InvalidArgument, 401: storage.PermissionDenied, 403: storage.PermissionDenied,
 		404: storage.NotFound, 408: storage.Unavailable, 409: storage.InvalidArgument, 416: storage.InvalidArgument,

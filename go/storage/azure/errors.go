@@ -20,32 +20,6 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// StatusError is an HTTP failure as this package reports it: the status,
-// the service's error code and its message. It unwraps to the SDK's
-// *azcore.ResponseError.
-type StatusError struct {
-	StatusCode int
-	ErrorCode  string // x-ms-error-code: BlobNotFound, AuthenticationFailed, ...
-	Message    string // the status line's text
-	resp       *azcore.ResponseError
-}
-
-func (e *StatusError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "HTTP %d", e.StatusCode)
-	if e.ErrorCode != "" {
-		b.WriteString(" ")
-		b.WriteString(e.ErrorCode)
-	}
-	if e.Message != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Message)
-	}
-	return b.String()
-}
-
-func (e *StatusError) Unwrap() error { return e.resp }
-
 // classify turns an SDK or transport error into a *storage.Error. ctx is
 // the caller's context: its cancellation is Canceled.
 func classify(op, uri string, off, n int64, ctx context.Context, err error) error {
@@ -57,10 +31,10 @@ func classify(op, uri string, off, n int64, ctx context.Context, err error) erro
 	case ctx.Err() != nil:
 		e.Code, e.Err = storage.Canceled, ctx.Err()
 	case errors.As(err, &re):
-		se := &StatusError{StatusCode: re.StatusCode, ErrorCode: re.ErrorCode, resp: re}
+		se := &storage.HTTPError{Status: re.StatusCode, Code: re.ErrorCode, Err: re}
 		if re.RawResponse != nil {
 			se.Message = statusText(re.RawResponse)
-			e.RetryAfter = retryAfter(re.RawResponse.Header)
+			e.RetryAfter = storage.RetryAfter(re.RawResponse.Header, time.Now())
 		}
 		e.Err = se
 		e.Code = codeForStatus(re.StatusCode, op)
@@ -116,34 +90,6 @@ func statusText(r *http.Response) string {
 		s = http.StatusText(r.StatusCode)
 	}
 	return s
-}
-
-// retryAfter reads the wait the server asked for: retry-after-ms,
-// x-ms-retry-after-ms, or Retry-After in seconds or as an HTTP date.
-func retryAfter(h http.Header) time.Duration {
-	for _, k := range []string{"Retry-After-Ms", "X-Ms-Retry-After-Ms"} {
-		if v := strings.TrimSpace(h.Get(k)); v != "" {
-			if ms, err := strconv.ParseInt(v, 10, 64); err == nil && ms > 0 {
-				return time.Duration(ms) * time.Millisecond
-			}
-		}
-	}
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if s > 0 {
-			return time.Duration(s) * time.Second
-		}
-		return 0
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-	}
-	return 0
 }
 
 // redact removes the query string (which may hold a SAS token) from the

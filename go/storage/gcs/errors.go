@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,34 +19,6 @@ import (
 
 	"github.com/model-streamer/model-streamer/go/storage"
 )
-
-// HTTPError is the HTTP status of a failed request, with the service's
-// reason and message; its Err is the SDK's error (a *googleapi.Error when
-// the service answered with an error body).
-type HTTPError struct {
-	StatusCode int
-	Reason     string // e.g. "notFound" (JSON API) or "NoSuchKey" (XML API)
-	Message    string
-	Err        error
-}
-
-func (e *HTTPError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "HTTP %d", e.StatusCode)
-	if e.Message != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Message)
-	} else if t := http.StatusText(e.StatusCode); t != "" {
-		b.WriteString(": ")
-		b.WriteString(t)
-	}
-	if e.Reason != "" {
-		fmt.Fprintf(&b, " (%s)", e.Reason)
-	}
-	return b.String()
-}
-
-func (e *HTTPError) Unwrap() error { return e.Err }
 
 // classify maps an SDK or transport error to a storage.Error. ctx is the
 // caller's context: once it is done, the failure is a cancellation.
@@ -66,9 +37,9 @@ func classify(ctx context.Context, op, uri string, off, n int64, err error) *sto
 	switch {
 	case errors.As(err, &ge):
 		e.Code = codeOfStatus(ge.Code)
-		e.RetryAfter = retryAfter(ge.Header)
+		e.RetryAfter = storage.RetryAfter(ge.Header, time.Now())
 		reason, msg := describe(ge)
-		e.Err = &HTTPError{StatusCode: ge.Code, Reason: reason, Message: msg, Err: err}
+		e.Err = &storage.HTTPError{Status: ge.Code, Code: reason, Message: msg, Err: err}
 	case errors.Is(err, gcs.ErrObjectNotExist), errors.Is(err, gcs.ErrBucketNotExist):
 		e.Code = storage.NotFound
 		msg := "no such object"
@@ -77,14 +48,14 @@ func classify(ctx context.Context, op, uri string, off, n int64, err error) *sto
 		} else if op == "read" {
 			msg = "no such object (deleted or replaced since it was opened)"
 		}
-		e.Err = &HTTPError{StatusCode: http.StatusNotFound, Message: msg, Err: err}
+		e.Err = &storage.HTTPError{Status: http.StatusNotFound, Message: msg, Err: err}
 	case errors.As(err, &ae):
 		// Fetching a token failed.
 		e.Code = storage.Unavailable
 		if r := ae.Response; r != nil {
 			switch {
 			case r.StatusCode == http.StatusTooManyRequests || r.StatusCode >= 500:
-				e.RetryAfter = retryAfter(r.Header)
+				e.RetryAfter = storage.RetryAfter(r.Header, time.Now())
 			case r.StatusCode >= 400:
 				e.Code = storage.PermissionDenied
 			}
@@ -120,26 +91,6 @@ func transient(err error) bool {
 	}
 	var ne net.Error // includes *url.Error, *net.OpError, timeouts
 	return errors.As(err, &ne)
-}
-
-// retryAfter parses a Retry-After header (seconds or an HTTP date).
-func retryAfter(h http.Header) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.ParseFloat(v, 64); err == nil {
-		if s <= 0 {
-			return 0
-		}
-		return time.Duration(s * float64(time.Second))
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		if d := time.Until(t); d > 0 {
-			return d
-		}
-	}
-	return 0
 }
 
 // describe returns the reason and message of an error answer: the JSON

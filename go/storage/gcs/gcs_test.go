@@ -151,8 +151,8 @@ func TestNotFound(t *testing.T) {
 			if !strings.HasPrefix(msg, uri+": open: not found: HTTP 404") {
 				t.Errorf("error %q: want it to start %q", msg, uri+": open: not found: HTTP 404")
 			}
-			var he *HTTPError
-			if !errors.As(err, &he) || he.StatusCode != 404 {
+			var he *storage.HTTPError
+			if !errors.As(err, &he) || he.Status != 404 {
 				t.Errorf("error %q: no *HTTPError with status 404", msg)
 			}
 			t.Logf("%v", err)

@@ -5,11 +5,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -18,36 +16,6 @@ import (
 
 	"github.com/model-streamer/model-streamer/go/storage"
 )
-
-// HTTPError is the cause (storage.Error.Err) of a failure the server
-// answered: its HTTP status, the service's error code and message. It
-// unwraps to the SDK's error.
-type HTTPError struct {
-	Status    int
-	Code      string // S3 error code: NoSuchKey, AccessDenied, SlowDown, ...
-	Message   string
-	RequestID string
-	Err       error
-}
-
-func (e *HTTPError) Error() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "HTTP %d", e.Status)
-	if e.Code != "" {
-		b.WriteString(" ")
-		b.WriteString(e.Code)
-	}
-	if e.Message != "" {
-		b.WriteString(": ")
-		b.WriteString(e.Message)
-	}
-	if e.RequestID != "" {
-		fmt.Fprintf(&b, " (request ID %s)", e.RequestID)
-	}
-	return b.String()
-}
-
-func (e *HTTPError) Unwrap() error { return e.Err }
 
 // sdkError gives an SDK error without its "operation error S3: GetObject,
 // https response error ..." framing, which repeats what storage.Error says.
@@ -85,7 +53,7 @@ func toError(ctx context.Context, op, uri string, off, n int64, err error) *stor
 		// send in one too, with status 0.
 		se.Code, se.Err = storage.Unavailable, &sdkError{msg: sendMessage(err), err: err}
 	case errors.As(err, &re) && re.ResponseError != nil && re.Response != nil && re.Response.Response != nil && re.HTTPStatusCode() > 0:
-		he := &HTTPError{Status: re.HTTPStatusCode(), RequestID: re.ServiceRequestID(), Err: err}
+		he := &storage.HTTPError{Status: re.HTTPStatusCode(), RequestID: re.ServiceRequestID(), Err: err}
 		if errors.As(err, &ae) {
 			he.Code, he.Message = ae.ErrorCode(), ae.ErrorMessage()
 		}
@@ -93,7 +61,7 @@ func toError(ctx context.Context, op, uri string, off, n int64, err error) *stor
 			he.Message = http.StatusText(he.Status)
 		}
 		se.Code, se.Err = classify(he.Status, he.Code), he
-		se.RetryAfter = retryAfter(re.Response.Header.Get("Retry-After"), time.Now())
+		se.RetryAfter = storage.RetryAfter(re.Response.Header, time.Now())
 	case errors.As(err, &ip):
 		se.Code, se.Err = storage.InvalidArgument, &sdkError{msg: ip.Error(), err: err}
 	case errors.As(err, &ae):
@@ -165,22 +133,4 @@ func classify(status int, code string) storage.Code {
 		return storage.InvalidArgument // a redirect the SDK did not follow
 	}
 	return storage.CodeForHTTPStatus(status)
-}
-
-// retryAfter parses a Retry-After header: delay seconds or an HTTP date.
-func retryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if secs, err := strconv.ParseFloat(v, 64); err == nil {
-		if secs <= 0 {
-			return 0
-		}
-		return time.Duration(secs * float64(time.Second))
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }

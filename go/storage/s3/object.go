@@ -85,7 +85,7 @@ func (b *backend) head(ctx context.Context, bucket, key string) (*s3.HeadObjectO
 	withMode := *in
 	withMode.ChecksumMode = types.ChecksumModeEnabled
 	out, err := b.client.HeadObject(ctx, &withMode)
-	var he *HTTPError
+	var he *storage.HTTPError
 	if err == nil || !errors.As(toError(ctx, "open", "", 0, 0, err).Err, &he) ||
 		(he.Status != 400 && he.Status != 501) {
 		return out, err
@@ -176,7 +176,7 @@ func etagMD5(out *s3.HeadObjectOutput) ([]byte, string) {
 // rather than "HTTP 404 NotFound". Only for permanent failures, whose second
 // request costs nothing in the normal case.
 func (b *backend) explain(ctx context.Context, se *storage.Error, bucket, key string) {
-	he, ok := se.Err.(*HTTPError)
+	he, ok := se.Err.(*storage.HTTPError)
 	if !ok || (se.Code != storage.NotFound && se.Code != storage.PermissionDenied) {
 		return
 	}
@@ -187,7 +187,7 @@ func (b *backend) explain(ctx context.Context, se *storage.Error, bucket, key st
 		return
 	}
 	ge := toError(ctx, se.Op, se.URI, 0, 0, err)
-	if gh, ok := ge.Err.(*HTTPError); ok && gh.Status == he.Status && gh.Code != "" {
+	if gh, ok := ge.Err.(*storage.HTTPError); ok && gh.Status == he.Status && gh.Code != "" {
 		se.Err = gh
 	}
 }
@@ -253,7 +253,7 @@ func (o *object) get(ctx context.Context, dst []byte, off, reqLen int64) (int, e
 	}, o.b.dataOptions)
 	if err != nil {
 		se := toError(ctx, "read", o.uri, off, reqLen, err)
-		if he, ok := se.Err.(*HTTPError); ok && he.Code == "PreconditionFailed" {
+		if he, ok := se.Err.(*storage.HTTPError); ok && he.Code == "PreconditionFailed" {
 			he.Message = "the object changed since it was opened (ETag no longer matches)"
 		}
 		return 0, se
@@ -273,7 +273,7 @@ func (o *object) get(ctx context.Context, dst []byte, off, reqLen int64) (int, e
 			}
 		}
 	} else {
-		start, end, total, err := parseContentRange(*out.ContentRange)
+		start, end, total, err := storage.ParseContentRange(*out.ContentRange)
 		switch {
 		case err != nil:
 			return 0, o.readError(off, int(reqLen), storage.Internal, err)
@@ -314,34 +314,4 @@ func (o *object) bodyError(ctx context.Context, off, reqLen int64, n int, err er
 		se.Err = fmt.Errorf("response body broke off after %d bytes: %w", n, se.Err)
 	}
 	return se
-}
-
-// parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*": -1).
-func parseContentRange(v string) (start, end, total int64, err error) {
-	bad := fmt.Errorf("malformed Content-Range %q", v)
-	rest, ok := strings.CutPrefix(strings.TrimSpace(v), "bytes ")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	rng, tot, ok := strings.Cut(rest, "/")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	s, e, ok := strings.Cut(rng, "-")
-	if !ok {
-		return 0, 0, 0, bad
-	}
-	if start, err = strconv.ParseInt(s, 10, 64); err != nil {
-		return 0, 0, 0, bad
-	}
-	if end, err = strconv.ParseInt(e, 10, 64); err != nil {
-		return 0, 0, 0, bad
-	}
-	total = -1
-	if tot != "*" {
-		if total, err = strconv.ParseInt(tot, 10, 64); err != nil {
-			return 0, 0, 0, bad
-		}
-	}
-	return start, end, total, nil
 }

@@ -169,42 +169,6 @@ func TestParseURI(t *testing.T) {
 	}
 }
 
-func TestParseContentRange(t *testing.T) {
-	for _, c := range []struct {
-		v                 string
-		start, end, total int64
-		ok                bool
-	}{
-		{"bytes 0-9/100", 0, 9, 100, true},
-		{"bytes 10-19/*", 10, 19, -1, true},
-		{"bytes */100", 0, 0, 0, false},
-		{"items 0-9/100", 0, 0, 0, false},
-		{"bytes 0-x/100", 0, 0, 0, false},
-	} {
-		s, e, n, err := parseContentRange(c.v)
-		if (err == nil) != c.ok || (c.ok && (s != c.start || e != c.end || n != c.total)) {
-			t.Errorf("parseContentRange(%q) = %d, %d, %d, %v", c.v, s, e, n, err)
-		}
-	}
-}
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	for v, want := range map[string]time.Duration{
-		"":                              0,
-		"3":                             3 * time.Second,
-		"0":                             0,
-		"-1":                            0,
-		"junk":                          0,
-		"Fri, 02 Jan 2026 03:04:15 GMT": 10 * time.Second,
-		"Fri, 02 Jan 2026 03:04:00 GMT": 0,
-	} {
-		if got := retryAfter(v, now); got != want {
-			t.Errorf("retryAfter(%q) = %v, want %v", v, got, want)
-		}
-	}
-}
-
 func TestClassify(t *testing.T) {
 	for _, c := range []struct {
 		status int

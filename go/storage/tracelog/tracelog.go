@@ -1,9 +1,10 @@
 // Package tracelog writes a line for every HTTP exchange the object-storage
-// backends (s3, gcs, azure) make, for diagnosing slow or failing loads.
+// backends (s3, gcs, azure) and the http(s) backend make, for diagnosing
+// slow or failing loads.
 //
 // Tracing is off unless RUNAI_STREAMER_S3_TRACE is set to 1 (or true, yes,
 // on); the name is the one the streamer's documentation gives for the object
-// storage SDK trace, and it covers all three backends, not only S3. When it
+// storage SDK trace, and it covers every HTTP backend, not only S3. When it
 // is on, the trace goes to model-streamer-trace-<pid>.log in the process's
 // working directory, opened for appending: one file per process (per
 // working directory, should the process change it), shared by every backend

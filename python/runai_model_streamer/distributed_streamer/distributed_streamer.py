@@ -39,7 +39,7 @@ from runai_model_streamer.file_streamer.file_streamer import (
     host_or_device,
 )
 from runai_model_streamer.file_streamer.requests_iterator import FileChunks
-from runai_model_streamer.files import S3Credentials, uri_scheme
+from runai_model_streamer.files import S3Credentials, storage_family
 from runai_model_streamer.streamer import _parse_device
 
 logger = logging.getLogger("runai_model_streamer")
@@ -82,7 +82,7 @@ class _ChunkRanges(Ranges):
     def __init__(self, requests: List[Tuple[FileChunks, str]], credentials: Optional[S3Credentials]
                  ) -> None:
         self.paths = [path for _, path in requests]
-        schemes = {uri_scheme(p) for p in self.paths}
+        schemes = {storage_family(p) for p in self.paths}
         if len(schemes) > 1:
             raise RunaiStreamerInvalidInputException(f"{MIXED_SOURCES_MESSAGE}: {sorted(schemes)}")
         self.settings = backend_settings(credentials=credentials, scheme=schemes.pop()) \

@@ -105,7 +105,7 @@ def prepare_request(
     del fs  # see the docstring
     from runai_model_streamer.config import StreamerConfig, backend_settings
     from runai_model_streamer.distributed import read_headers
-    from runai_model_streamer.files import uri_scheme
+    from runai_model_streamer.files import storage_family
 
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise RunaiStreamerInvalidInputException(
@@ -113,7 +113,7 @@ def prepare_request(
     path_list = [os.fspath(p) for p in paths]
     if not path_list:
         return []
-    schemes = sorted({uri_scheme(p) for p in path_list})
+    schemes = sorted({storage_family(p) for p in path_list})
     if len(schemes) > 1:
         raise RunaiStreamerInvalidInputException(
             f"prepare_request() cannot mix storage schemes in one call: {schemes}")

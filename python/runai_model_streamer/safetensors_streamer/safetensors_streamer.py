@@ -86,7 +86,10 @@ def pull_files(
     keeping relative paths. ``allow_pattern`` / ``ignore_pattern``: fnmatch
     patterns matched against the path relative to model_path. Nothing is
     written outside ``dst``; each file appears under its name only when
-    complete."""
+    complete. An http(s) URL of a file, or a list of such URLs, is
+    downloaded into ``dst`` (there is no listing over HTTP)."""
+    if not isinstance(model_path, (str, bytes, os.PathLike)):  # a list of URLs
+        return _files.pull_files(model_path, dst, allow_pattern, ignore_pattern, s3_credentials)
     model_path = os.fspath(model_path)
     if is_s3_path(model_path):
         return s3_pull_files(model_path, dst, allow_pattern, ignore_pattern, s3_credentials)
