@@ -372,10 +372,13 @@ def _native_stream(files: Sequence[str], settings: List[str], checksum: bool = F
                           checksum=checksum)
 
 
-def _drain(stream, bar: Progress) -> None:
+def _drain(stream, bar: Progress, header_bytes: int = 0) -> None:
     """Takes every tensor of stream and gives it straight back: the engine
-    hashes the bytes as it reads them, nothing here needs to look at them."""
+    hashes the bytes as it reads them, nothing here needs to look at them.
+    The bar counts the header (read and checked at open) and tensor bytes."""
     from runai_model_streamer import _native
+
+    bar.update(header_bytes, count=0)
 
     while True:
         batch = stream.next_batch()
@@ -424,7 +427,7 @@ def cmd_checksum(args: argparse.Namespace) -> int:
         try:
             meta = stream.metadata()["files"][0]
             bar = Progress(meta["size"], out=sys.stderr, enabled=show, label=os.path.basename(path) + " ")
-            _drain(stream, bar)
+            _drain(stream, bar, meta.get("data_offset", 0))
             bar.finish()
             doc = stream.checksums()["files"][0]
         finally:
@@ -466,7 +469,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 bar = Progress(meta["size"], out=sys.stderr, enabled=show,
                                label=os.path.basename(path) + " ")
                 try:
-                    _drain(stream, bar)
+                    _drain(stream, bar, meta.get("data_offset", 0))
                 finally:
                     bar.finish()
             finally:
