@@ -350,3 +350,16 @@ func (r *Registry) Put(ctx context.Context, uri string, data []byte) error {
 	}
 	return p.Put(ctx, uri, data)
 }
+
+type probeKey struct{}
+
+// ProbeContext marks ctx for an Open that only asks whether an object exists
+// (a checksum sidecar, looked for beside every file): a missing object is the
+// expected answer there, so a backend spends no further request explaining
+// it (see s3's explain).
+func ProbeContext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, probeKey{}, true)
+}
+
+// IsProbe reports whether ctx came from ProbeContext.
+func IsProbe(ctx context.Context) bool { v, _ := ctx.Value(probeKey{}).(bool); return v }

@@ -102,7 +102,7 @@ func (s *Stream) startSidecar(f *fileState) func() error {
 }
 
 func (s *Stream) loadSidecar(uri string) (*sideCheck, error) {
-	obj, err := s.cfg.Storage.Open(s.ctx, uri)
+	obj, err := s.cfg.Storage.Open(storage.ProbeContext(s.ctx), uri)
 	if err != nil {
 		switch storage.CodeOf(err) {
 		case storage.NotFound, storage.PermissionDenied:

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -469,4 +471,36 @@ func nonEmptyTensors(ts []safetensors.Tensor) int {
 		}
 	}
 	return n
+}
+
+// Looking for a sidecar that is not there costs one metadata request per
+// file on object storage (no second request to explain the 404), and the
+// stream is then as without it.
+func TestMissingSidecarCostsOneRequest(t *testing.T) {
+	for _, o := range objects(t) {
+		if o.name != "s3/crc32" && o.name != "gs/crc32c" && o.name != "az/content-md5" {
+			continue
+		}
+		t.Run(o.name, func(t *testing.T) {
+			var lookups atomic.Int32
+			o.proxy.Set(faultproxy.Fault{Match: func(r *http.Request) bool {
+				if strings.Contains(r.URL.Path, integrity.SidecarSuffix) {
+					lookups.Add(1)
+				}
+				return false
+			}})
+			t.Cleanup(o.proxy.Clear)
+			s, err := stream.Open(context.Background(), o.config(integrity.Auto), []string{o.uri}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if err, seen, wrong := consume(t, s, o.want); err != nil || seen != len(o.want) || wrong != 0 {
+				t.Fatalf("err %v, %d seen, %d wrong", err, seen, wrong)
+			}
+			if v := s.Files()[0].Verify; v.Sidecar != "" || lookups.Load() != 1 {
+				t.Fatalf("Verify %+v, %d sidecar requests, want 1", v, lookups.Load())
+			}
+		})
+	}
 }
