@@ -150,10 +150,22 @@ func ParseSidecar(uri string, data []byte) (*Sidecar, []Entry, error) {
 		}
 		entries = append(entries, e)
 	}
-	slices.SortStableFunc(entries, func(a, b Entry) int { return cmpInt(a.Begin, b.Begin) })
-	for i := 1; i < len(entries); i++ {
-		if entries[i].Begin < entries[i-1].End {
-			return bad("entries %q and %q overlap", entries[i-1].Name, entries[i].Name)
+	// By offset, an empty entry before a non-empty one at the same offset:
+	// then ends never decrease, which the engine's searches rely on.
+	slices.SortStableFunc(entries, func(a, b Entry) int {
+		if c := cmpInt(a.Begin, b.Begin); c != 0 {
+			return c
+		}
+		return cmpInt(a.End, b.End)
+	})
+	var prev *Entry
+	for i := range entries {
+		e := &entries[i]
+		if prev != nil && e.Begin < prev.End {
+			return bad("entries %q and %q overlap", prev.Name, e.Name)
+		}
+		if e.End > e.Begin { // an empty tensor may sit where the next one starts
+			prev = e
 		}
 	}
 	return &sc, entries, nil
