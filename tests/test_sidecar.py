@@ -200,7 +200,7 @@ def test_stale_sidecar_is_an_error(tmp_path, ckpt):
     save_file(renamed, str(ckpt))
     with pytest.raises(RunaiStreamerChecksumError) as e:
         stream(ckpt)
-    assert e.value.sidecar == str(ckpt) + SUFFIX
+    assert e.value.sidecar == str(ckpt) + SUFFIX and e.value.uri == str(ckpt)
     assert "stale" in str(e.value) and "model-streamer checksum" in str(e.value)
     # A file of another size.
     save_file({"x": torch.zeros(3)}, str(ckpt))

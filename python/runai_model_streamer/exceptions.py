@@ -90,7 +90,7 @@ class RunaiStreamerChecksumError(RunaiStreamerError):
     ``tensor`` (the tensor's name; ``""`` for the file's header) and
     ``sidecar`` (the sidecar's URI). A sidecar that cannot be used (stale:
     written before the file changed, or malformed) raises this error too,
-    with ``sidecar`` set and ``algorithm`` None.
+    with ``uri`` and ``sidecar`` set and ``algorithm`` None.
     """
 
     def __init__(self, message: str, code: Optional[int] = None) -> None:
@@ -121,6 +121,8 @@ class RunaiStreamerChecksumError(RunaiStreamerError):
                     self.sidecar = s.group("sidecar")
         elif _SIDECAR.match(message):
             self.sidecar = _SIDECAR.match(message).group("sidecar")
+            if self.sidecar.endswith(".checksums.json"):
+                self.uri = self.sidecar[:-len(".checksums.json")]
         else:
             m = _UNVERIFIABLE.match(message)
             if m:
