@@ -162,6 +162,14 @@ func (p *Pieces) Add(off int64, data []byte) {
 	p.mu.Unlock()
 }
 
+// Drop forgets the pieces that start in [lo, hi) (bytes about to be read
+// again and added anew).
+func (p *Pieces) Drop(lo, hi int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.list = slices.DeleteFunc(p.list, func(pc piece) bool { return pc.off >= lo && pc.off < hi })
+}
+
 // Sum joins the pieces in offset order and returns the CRC of [0, size) as
 // stores encode it. The pieces must tile [0, size) exactly (empty pieces
 // anywhere are fine): a gap or an overlap is an error, as the value would

@@ -281,6 +281,44 @@ func nonEmpty(entries []integrity.Entry) int {
 	return n
 }
 
+// checkRegion checks r against the sidecar once every byte of it is in. A
+// mismatch is read once more from storage before it fails the stream: a bit
+// flipped on the wire (the case sidecars exist for) is usually transient,
+// and unlike a whole-object value the sidecar says which bytes to read
+// again. A mapped file is not read again (the same page cache would give the
+// same bytes).
+func (s *Stream) checkRegion(f *fileState, r *region) error {
+	err := f.checkSidecar(r)
+	var tm *integrity.TensorMismatchError
+	if err == nil || f.mapped != nil || !errors.As(err, &tm) {
+		return err
+	}
+	if rerr := s.refetch(f, r); rerr != nil {
+		return errors.Join(err, rerr)
+	}
+	return f.checkSidecar(r)
+}
+
+// refetch reads r's bytes again, in this goroutine, replacing the CRC pieces
+// the first read recorded (the sidecar's and the whole-object verifier's).
+func (s *Stream) refetch(f *fileState, r *region) error {
+	r.sums.mu.Lock()
+	for i := range r.sums.pieces {
+		r.sums.pieces[i] = nil
+	}
+	r.sums.mu.Unlock()
+	if f.ver != nil && f.ver.pieces != nil {
+		f.ver.pieces.Drop(r.hashFrom, r.dataEnd)
+	}
+	s.st.retries.Add(1)
+	for _, c := range s.split(r) {
+		if err := s.readChunk(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // errNotComplete is returned by Sidecars before the stream has delivered
 // every tensor.
 var errNotComplete = errors.New("the checksums are complete only once every tensor has been delivered")

@@ -404,7 +404,10 @@ func TestStaleSidecar(t *testing.T) {
 // beside the checkpoint. On an object whose store keeps only an MD5 (which
 // auto does not verify) the sidecar still catches a flip before the tensor
 // is delivered; on a CRC object both checks run and the sidecar's comes
-// first. A flip in the header fails the open.
+// first. A flip in every response that carries the byte fails the stream;
+// a flip in one response is healed by reading the bytes once more (the
+// whole-object check, which saw the bad bytes first, then passes too). A
+// flip in the header fails the open.
 func TestSidecarOnObjectStorage(t *testing.T) {
 	all := objects(t)
 	minio := testserver.SharedMinIO(t)
@@ -453,6 +456,14 @@ func TestSidecarOnObjectStorage(t *testing.T) {
 					}
 					defer s.Close()
 					err, seen := consumeNamed(t, s, o.want)
+					if flip.Count == 1 {
+						// A transient flip: the tensor's bytes are read once more,
+						// and match.
+						if err != nil || len(seen) != len(o.want) || s.Stats().Retries == 0 {
+							t.Fatalf("one flip: err %v, %d of %d tensors, %d retries", err, len(seen), len(o.want), s.Stats().Retries)
+						}
+						return
+					}
 					var tm *integrity.TensorMismatchError
 					if !errors.As(err, &tm) || !strings.Contains(err.Error(), o.uri) || seen[tm.Tensor] {
 						t.Fatalf("got %v (seen %d), want a TensorMismatchError of an undelivered tensor", err, len(seen))

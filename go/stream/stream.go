@@ -507,7 +507,7 @@ func (s *Stream) onRetry(error) {
 // verification lets it (see verify.go).
 func (s *Stream) complete(r *region) {
 	f := s.files[r.file]
-	if err := f.checkSidecar(r); err != nil {
+	if err := s.checkRegion(f, r); err != nil {
 		s.fail(err)
 		return
 	}
