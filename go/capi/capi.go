@@ -233,6 +233,11 @@ type verifyJSON struct {
 	Source    string `json:"source,omitempty"`
 	Expected  string `json:"expected,omitempty"`
 	Skipped   string `json:"skipped,omitempty"`
+
+	Sidecar          string `json:"sidecar,omitempty"`
+	SidecarAlgorithm string `json:"sidecar_algorithm,omitempty"`
+	SidecarEntries   int    `json:"sidecar_entries,omitempty"`
+	SidecarUncovered int    `json:"sidecar_uncovered,omitempty"`
 }
 
 func metadataJSON(s *stream.Stream) []byte { return filesJSON(s.Files()) }
@@ -247,7 +252,9 @@ func filesJSON(files []stream.FileInfo) []byte {
 			fj.DataOffset = f.Header.DataOffset
 		}
 		if v := f.Verify; v != (stream.Verification{}) {
-			fj.Verify = &verifyJSON{Algorithm: string(v.Algorithm), Source: v.Source, Expected: v.Expected, Skipped: v.Skipped}
+			fj.Verify = &verifyJSON{Algorithm: string(v.Algorithm), Source: v.Source, Expected: v.Expected, Skipped: v.Skipped,
+				Sidecar: v.Sidecar, SidecarAlgorithm: string(v.SidecarAlgorithm), SidecarEntries: v.SidecarEntries,
+				SidecarUncovered: v.SidecarUncovered}
 		}
 		for i, t := range f.Tensors {
 			shape := t.Shape

@@ -194,6 +194,33 @@ int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t
                           const int64_t *offsets, const int64_t *sizes,
                           const ms_config *config, int64_t *handle,
                           char *err, size_t err_len);
+/* Checksum sidecars (integrity.Sidecar; docs/design.md section 9): a JSON
+ * document "<file>.checksums.json" beside each checkpoint file with the
+ * CRC32 of its header, of each tensor and of the whole file. When one is
+ * present (and MODEL_STREAMER_VERIFY is not off), ms_stream_open and
+ * ms_stream_open_ranges check every tensor it covers before handing it out:
+ * ms_stream_next returns MS_ERR_CHECKSUM ("URI: checksum mismatch: crc32
+ * expected HEX, computed HEX (tensor "NAME", ...)") instead of the
+ * tensor. A sidecar that does not describe the file (other size or header:
+ * written before the file changed), or is malformed, fails the open with
+ * MS_ERR_CHECKSUM ("SIDECAR: unusable checksum sidecar: ..."). The
+ * metadata's "verify" then also carries "sidecar", "sidecar_algorithm",
+ * "sidecar_entries" (entries checked) and "sidecar_uncovered" (requested
+ * tensors or ranges no entry covers).
+ *
+ * ms_stream_open_checksum opens a stream over every tensor of the files, as
+ * ms_stream_open with no names, that computes their sidecars (existing
+ * sidecars are not read; store checksums are verified as configured). Once
+ * ms_stream_next has returned MS_ERR_END, ms_stream_checksums returns
+ * {"files":[{"uri","sidecar","checksums":{...the sidecar document...}}]}
+ * in a string to free with ms_free(). */
+int ms_stream_open_checksum(const char *const *uris, int32_t n_uris, const ms_config *config,
+                            int64_t *handle, char *err, size_t err_len);
+int ms_stream_checksums(int64_t handle, char **out_json, char *err, size_t err_len);
+/* Writes len bytes at data as the object (or file) uri, replacing it: one
+ * request on object storage, a temporary file renamed into place locally. */
+int ms_put(const char *uri, const void *data, uint64_t len, const ms_config *config,
+           char *err, size_t err_len);
 /* CDEF END */
 
 #ifdef __cplusplus

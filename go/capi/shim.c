@@ -97,3 +97,20 @@ int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t
     return msgo_stream_open_ranges((char **)uris, n_uris, (int32_t *)n_ranges, (int64_t *)offsets,
                                    (int64_t *)sizes, (ms_config *)config, handle, err, err_len);
 }
+
+int ms_stream_open_checksum(const char *const *uris, int32_t n_uris, const ms_config *config, int64_t *handle,
+                            char *err, size_t err_len) {
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_stream_open_checksum((char **)uris, n_uris, (ms_config *)config, handle, err, err_len);
+}
+
+int ms_stream_checksums(int64_t handle, char **out_json, char *err, size_t err_len) {
+    if (out_json != NULL) *out_json = NULL;
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_stream_checksums(handle, out_json, err, err_len);
+}
+
+int ms_put(const char *uri, const void *data, uint64_t len, const ms_config *config, char *err, size_t err_len) {
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_put((char *)uri, (void *)data, len, (ms_config *)config, err, err_len);
+}

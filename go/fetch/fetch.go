@@ -51,7 +51,7 @@ func ToFile(ctx context.Context, obj storage.Object, path string, opts Options) 
 	if opts.Verify != integrity.Off {
 		var reason string
 		var ok bool
-		if want, reason, ok = integrity.Want(obj); !ok && opts.Verify == integrity.Require {
+		if want, reason, ok = integrity.Want(obj, opts.Verify); !ok && opts.Verify == integrity.Require {
 			return &integrity.UnverifiableError{URI: opts.URI, Reason: reason}
 		}
 		if ok && want.Algorithm.Combinable() {

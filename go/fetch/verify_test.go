@@ -21,7 +21,8 @@ import (
 func TestMain(m *testing.M) { testserver.Main(m) }
 
 // A download is verified like a stream: a flipped bit leaves nothing at the
-// destination (nor a temporary file), for a CRC and for an MD5 ETag.
+// destination (nor a temporary file), for a CRC and for an MD5 ETag (which
+// only require verifies: auto skips MD5).
 func TestDownloadVerifies(t *testing.T) {
 	minio := testserver.SharedMinIO(t)
 	minio.CreateBucket(t, "fetch")
@@ -40,7 +41,8 @@ func TestDownloadVerifies(t *testing.T) {
 	opts := Options{Concurrency: 4, ChunkBytes: 256 << 10}
 	for _, key := range []string{"crc.bin", "md5.bin"} {
 		for _, flip := range []bool{false, true} {
-			for _, mode := range []integrity.Mode{integrity.Auto, integrity.Off} {
+			for _, mode := range []integrity.Mode{integrity.Auto, integrity.Off, integrity.Require} {
+				verified := mode == integrity.Require || mode == integrity.Auto && key == "crc.bin"
 				name := key + "/" + mode.String()
 				if flip {
 					name += "/flip"
@@ -62,7 +64,7 @@ func TestDownloadVerifies(t *testing.T) {
 					o.Verify, o.URI = mode, uri
 					err = ToFile(context.Background(), obj, dst, o)
 					got, readErr := os.ReadFile(dst)
-					if flip && mode == integrity.Auto {
+					if flip && verified {
 						var me *integrity.MismatchError
 						if !errors.As(err, &me) || !strings.Contains(err.Error(), uri) {
 							t.Fatalf("got %v, want a MismatchError naming %s", err, uri)
@@ -78,7 +80,7 @@ func TestDownloadVerifies(t *testing.T) {
 					if err != nil || readErr != nil {
 						t.Fatalf("download: %v, %v", err, readErr)
 					}
-					if equal := bytes.Equal(got, data); equal == (flip && mode == integrity.Off) {
+					if equal := bytes.Equal(got, data); equal == flip {
 						t.Fatalf("downloaded bytes equal to the object: %v (flip %v, mode %v)", equal, flip, mode)
 					}
 				})

@@ -24,13 +24,16 @@ const Setting = "MODEL_STREAMER_VERIFY"
 type Mode int
 
 const (
-	// Auto verifies every object whose store holds a usable whole-object
-	// checksum, when the whole object is read; others are read unverified.
+	// Auto verifies every object whose store holds a whole-object CRC
+	// (not an MD5 alone: see Want), when the whole object is read, and the
+	// tensors of every file with a checksum sidecar; others are read
+	// unverified.
 	Auto Mode = iota
 	// Off verifies nothing.
 	Off
 	// Require fails, before any tensor is read, for an object that cannot
-	// be verified (no usable checksum, or only part of it requested).
+	// be verified: neither a usable store checksum (MD5 included) over the
+	// whole object read, nor a sidecar covering every requested tensor.
 	Require
 )
 
@@ -62,11 +65,13 @@ func ParseMode(v string) (Mode, error) {
 // FromSettings returns the Mode s sets (Auto when unset).
 func FromSettings(s storage.Settings) (Mode, error) { return ParseMode(s[Setting]) }
 
-// Want returns the checksum obj should be verified against: of those its
-// store holds, the first of checksum.Known (the CRCs, which parallel reads
-// can combine, before MD5, which needs the bytes in order). With none, ok is
-// false and reason says why.
-func Want(obj storage.Object) (c storage.Checksum, reason string, ok bool) {
+// Want returns the checksum obj should be verified against under mode m:
+// of those its store holds, the first of checksum.Known (the CRCs, which
+// parallel reads can combine, before MD5, which needs the bytes in order).
+// MD5 is used only under Require: hashed in order, one stream per object,
+// it bounds throughput (0.43x of off on MinIO, docs/benchmarks.md), far
+// over the cost Auto may add. With none, ok is false and reason says why.
+func Want(obj storage.Object, m Mode) (c storage.Checksum, reason string, ok bool) {
 	cs, isChecksummed := obj.(storage.Checksummed)
 	if !isChecksummed {
 		return storage.Checksum{}, "the storage keeps no checksums (local files)", false
@@ -75,6 +80,11 @@ func Want(obj storage.Object) (c storage.Checksum, reason string, ok bool) {
 	for _, alg := range checksum.Known {
 		for _, s := range sums {
 			if s.Algorithm == alg && len(s.Value) == alg.Size() {
+				if alg == checksum.MD5 && m != Require {
+					return storage.Checksum{}, "the store keeps only an MD5 (" + s.Source + "), which " + Setting +
+						"=auto does not verify (sequential, it would cost about half the throughput); " + Setting +
+						"=require verifies it, or a checksum sidecar (model-streamer checksum)", false
+				}
 				return s, "", true
 			}
 		}
@@ -150,6 +160,14 @@ func (p *Pieces) Add(off int64, data []byte) {
 	p.mu.Lock()
 	p.list = append(p.list, piece{off, int64(len(data)), crc})
 	p.mu.Unlock()
+}
+
+// Drop forgets the pieces that start in [lo, hi) (bytes about to be read
+// again and added anew).
+func (p *Pieces) Drop(lo, hi int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.list = slices.DeleteFunc(p.list, func(pc piece) bool { return pc.off >= lo && pc.off < hi })
 }
 
 // Sum joins the pieces in offset order and returns the CRC of [0, size) as

@@ -60,18 +60,20 @@ func TestWantPrefersCRCs(t *testing.T) {
 	cases := []struct {
 		name string
 		obj  storage.Object
+		mode Mode
 		want checksum.Algorithm
 		why  string
 	}{
-		{"md5 then crc32", fakeObject{sums: []storage.Checksum{md5, crc32}}, checksum.CRC32, ""},
-		{"crc32c wins", fakeObject{sums: []storage.Checksum{crc32, md5, crc32c}}, checksum.CRC32C, ""},
-		{"md5 only", fakeObject{sums: []storage.Checksum{md5}}, checksum.MD5, ""},
-		{"wrong length ignored", fakeObject{sums: []storage.Checksum{short}}, "", "no whole-object checksum"},
-		{"reason passed on", fakeObject{reason: "composite"}, "", "composite"},
-		{"not checksummed", plainObject{}, "", "local files"},
+		{"md5 then crc32", fakeObject{sums: []storage.Checksum{md5, crc32}}, Auto, checksum.CRC32, ""},
+		{"crc32c wins", fakeObject{sums: []storage.Checksum{crc32, md5, crc32c}}, Auto, checksum.CRC32C, ""},
+		{"md5 only, require", fakeObject{sums: []storage.Checksum{md5}}, Require, checksum.MD5, ""},
+		{"md5 only, auto skips it", fakeObject{sums: []storage.Checksum{md5}}, Auto, "", "only an MD5"},
+		{"wrong length ignored", fakeObject{sums: []storage.Checksum{short}}, Auto, "", "no whole-object checksum"},
+		{"reason passed on", fakeObject{reason: "composite"}, Auto, "", "composite"},
+		{"not checksummed", plainObject{}, Require, "", "local files"},
 	}
 	for _, c := range cases {
-		got, why, ok := Want(c.obj)
+		got, why, ok := Want(c.obj, c.mode)
 		if ok != (c.want != "") || got.Algorithm != c.want || !strings.Contains(why, c.why) {
 			t.Errorf("%s: Want = %v, %q, %v", c.name, got, why, ok)
 		}

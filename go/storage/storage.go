@@ -330,3 +330,37 @@ func CodeForHTTPStatus(status int) Code {
 	}
 	return Internal
 }
+
+// Putter is implemented by backends that can write a small object whole
+// (a checksum sidecar): one request, replacing any object of that name.
+type Putter interface {
+	Put(ctx context.Context, uri string, data []byte) error
+}
+
+// Put writes data as the object uri with the backend registered for its
+// scheme, if it can write.
+func (r *Registry) Put(ctx context.Context, uri string, data []byte) error {
+	scheme := Scheme(uri)
+	r.mu.RLock()
+	b, ok := r.backends[scheme]
+	r.mu.RUnlock()
+	p, canPut := b.(Putter)
+	if !ok || !canPut {
+		return &Error{Op: "put", URI: uri, Code: InvalidArgument,
+			Err: fmt.Errorf("no storage backend that writes scheme %q", scheme)}
+	}
+	return p.Put(ctx, uri, data)
+}
+
+type probeKey struct{}
+
+// ProbeContext marks ctx for an Open that only asks whether an object exists
+// (a checksum sidecar, looked for beside every file): a missing object is the
+// expected answer there, so a backend spends no further request explaining
+// it (see s3's explain).
+func ProbeContext(ctx context.Context) context.Context {
+	return context.WithValue(ctx, probeKey{}, true)
+}
+
+// IsProbe reports whether ctx came from ProbeContext.
+func IsProbe(ctx context.Context) bool { v, _ := ctx.Value(probeKey{}).(bool); return v }

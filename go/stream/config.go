@@ -54,6 +54,10 @@ type Config struct {
 	// keeps (MODEL_STREAMER_VERIFY; zero value: integrity.Auto). See
 	// verify.go for what is verified and when a mismatch is reported.
 	Verify integrity.Mode
+
+	// computeSidecar: the stream computes each file's checksum sidecar
+	// instead of reading one (OpenChecksum).
+	computeSidecar bool
 }
 
 // DefaultConfig returns the documented defaults: 16 readers, no memory cap,

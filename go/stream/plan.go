@@ -23,6 +23,9 @@ type region struct {
 	// hashFrom is where the region's bytes start counting for whole-object
 	// verification (dataStart, or past an overlapping earlier region).
 	hashFrom int64
+	// sums collects the CRCs of the sidecar entries inside the region (nil:
+	// none; see sidecar.go).
+	sums *regionSums
 
 	// Set when memory is assigned: mem covers [spanStart, spanEnd) of the file.
 	mem []byte

@@ -86,6 +86,9 @@ func (s *Stream) openRanges(f *fileState, req RangeRequest) error {
 	if err := s.openObject(f); err != nil {
 		return err
 	}
+	if err := f.sideWait(); err != nil {
+		return err
+	}
 	for i, off := range req.Offsets {
 		if end := off + req.Sizes[i]; end > f.size {
 			return fmt.Errorf("%w: %s: range %d (offset %d, size %d) ends at byte %d, past the end of the object (%d bytes)",

@@ -91,6 +91,12 @@ type fileState struct {
 	ver          *verifier
 	prefixHashed int64
 	note         Verification
+
+	// side checks tensors against the file's checksum sidecar (nil: none;
+	// see sidecar.go); sideWait waits for the lookup openObject started.
+	side                       *sideCheck
+	sideWait                   func() error
+	sideEntries, sideUncovered int
 }
 
 // index is the caller's index of f.tensors[i] (what Ready.Tensor reports).
@@ -213,6 +219,7 @@ func (s *Stream) openObject(f *fileState) error {
 	if st, ok := obj.(interface{ Strategy() string }); ok {
 		f.strategy = st.Strategy()
 	}
+	f.sideWait = s.startSidecar(f)
 	return s.wantChecksum(f)
 }
 
@@ -239,6 +246,12 @@ func (s *Stream) openFile(f *fileState) error {
 	}
 	f.header = h
 	f.base = h.DataOffset
+	if err := f.sideWait(); err != nil {
+		return err
+	}
+	if err := s.sidecarHeader(f, buf[:h.DataOffset], h); err != nil {
+		return err
+	}
 	if f.ver != nil {
 		// Only the header: the tensor bytes this read fetched too are
 		// hashed by the readers that read them into the arena.
@@ -300,6 +313,7 @@ func (s *Stream) planMemory() error {
 	}
 	perFile := planRegions(s.files, maxSpan)
 	s.plan = interleave(perFile)
+	s.planSidecar(perFile)
 
 	var lent []*segment
 	var ringBytes, biggest int64
@@ -461,6 +475,7 @@ func (s *Stream) readChunk(c chunk) (err error) {
 			return wrapRead(f.uri, c.off, c.n, err)
 		}
 		s.st.bytesRead.Add(uint64(c.n))
+		f.hashSidecar(c.r, c.off, c.off+c.n)
 		return nil
 	}
 	dst := c.r.mem[c.off-c.r.spanStart : c.off-c.r.spanStart+c.n]
@@ -471,6 +486,7 @@ func (s *Stream) readChunk(c chunk) (err error) {
 	if err != nil {
 		return wrapRead(f.uri, c.off, c.n, err)
 	}
+	f.hashSidecar(c.r, c.off, c.off+need)
 	if f.ver != nil {
 		// The tensor bytes of this read (an aligned read may take in
 		// bytes of the regions either side, which they hash themselves).
@@ -491,6 +507,10 @@ func (s *Stream) onRetry(error) {
 // verification lets it (see verify.go).
 func (s *Stream) complete(r *region) {
 	f := s.files[r.file]
+	if err := s.checkRegion(f, r); err != nil {
+		s.fail(err)
+		return
+	}
 	if f.ver == nil {
 		s.deliverRegion(r)
 		return

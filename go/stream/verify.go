@@ -174,31 +174,34 @@ func (v *verifier) check() error {
 	return nil
 }
 
-// Verification says how a file is checked against its store's checksum.
+// Verification says how a file is checked against its store's checksum
+// and its checksum sidecar.
 type Verification struct {
 	Algorithm checksum.Algorithm // "" when the file is not verified
 	Source    string             // where the expected value came from ("x-amz-checksum-crc32c", ...)
 	Expected  string             // the expected value, hex
 	Skipped   string             // why the file is not verified
+
+	// The checksum sidecar the file's tensors are checked against ("": none).
+	Sidecar          string
+	SidecarAlgorithm checksum.Algorithm
+	SidecarEntries   int // entries (tensors, the header) the stream checks
+	SidecarUncovered int // requested tensors or ranges no entry covers
 }
 
 // wantChecksum decides, when f is opened, which checksum it may be verified
 // against, and starts a verifier the prefix read can feed. planVerify
-// decides later whether the stream reads enough of f to use it.
-//
-// With Require, an object whose store holds no usable checksum fails here,
-// before anything is read or mapped.
+// decides later whether the stream reads enough of f to use it, and (with
+// Require) whether f can be verified at all: by its store's checksum, or by
+// a sidecar, which is known only once it has been looked up.
 func (s *Stream) wantChecksum(f *fileState) error {
 	if s.cfg.Verify == integrity.Off {
 		f.note.Skipped = integrity.Setting + "=off"
 		return nil
 	}
-	want, reason, ok := integrity.Want(f.obj)
+	want, reason, ok := integrity.Want(f.obj, s.cfg.Verify)
 	if !ok {
 		f.note.Skipped = reason
-		if s.cfg.Verify == integrity.Require {
-			return &integrity.UnverifiableError{URI: f.uri, Reason: reason}
-		}
 		return nil
 	}
 	f.ver = newVerifier(f, want)
@@ -206,13 +209,16 @@ func (s *Stream) wantChecksum(f *fileState) error {
 }
 
 // planVerify keeps the verifier of each file the stream reads whole, and
-// drops the others: with Require that is an error, before any tensor is read.
+// drops the others. With Require, a file that neither its store's checksum
+// nor its sidecar verifies is an error, before any tensor is read.
 func (s *Stream) planVerify() error {
 	perFile := make([][]*region, len(s.files))
 	for _, r := range s.plan {
 		perFile[r.file] = append(perFile[r.file], r)
 	}
 	for fi, f := range s.files {
+		f.sidecarNote()
+		bySidecar := f.side != nil && !f.side.compute && f.sideUncovered == 0
 		reason := f.note.Skipped
 		if f.ver != nil {
 			reason = coverage(f, perFile[fi])
@@ -220,14 +226,14 @@ func (s *Stream) planVerify() error {
 		if reason != "" {
 			f.ver = nil
 			f.note.Skipped = reason
-			if s.cfg.Verify == integrity.Require {
-				return &integrity.UnverifiableError{URI: f.uri, Reason: reason}
+			if s.cfg.Verify == integrity.Require && !bySidecar {
+				return &integrity.UnverifiableError{URI: f.uri, Reason: reason + "; " + sidecarReason(f)}
 			}
 			continue
 		}
 		f.ver.setRegions(perFile[fi])
-		f.note = Verification{Algorithm: f.ver.want.Algorithm, Source: f.ver.want.Source,
-			Expected: checksum.Format(f.ver.want.Value)}
+		f.note.Algorithm, f.note.Source = f.ver.want.Algorithm, f.ver.want.Source
+		f.note.Expected, f.note.Skipped = checksum.Format(f.ver.want.Value), ""
 		if len(perFile[fi]) == 0 {
 			// Nothing but the header: it is all read already.
 			if err := f.ver.check(); err != nil {
@@ -237,6 +243,17 @@ func (s *Stream) planVerify() error {
 		}
 	}
 	return nil
+}
+
+// sidecarReason says why f's sidecar does not verify what is requested.
+func sidecarReason(f *fileState) string {
+	switch {
+	case f.side == nil:
+		return fmt.Sprintf("no checksum sidecar (%s)", integrity.SidecarName(f.uri))
+	case f.order != nil:
+		return fmt.Sprintf("its sidecar covers %d of the requested ranges not whole (a range must hold whole tensors)", f.sideUncovered)
+	}
+	return fmt.Sprintf("its sidecar does not cover %d of the requested tensors", f.sideUncovered)
 }
 
 // coverage returns why the stream does not read every byte of f, or ""

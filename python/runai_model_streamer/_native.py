@@ -369,6 +369,25 @@ def download(uri: str, path: str, *, concurrency: int = 0, chunk_bytes: int = 0,
         raise error_for(rc, _message(ffi, err))
 
 
+def put(uri: str, data: bytes, settings: Optional[Sequence[str]] = None) -> None:
+    """Writes data as the object (or local file) uri, replacing it (ms_put):
+    one request on object storage, a temporary file renamed into place
+    locally."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_put")
+    if fn is None:
+        raise RunaiStreamerInvalidInputException(
+            f"{uri}: this model-streamer library cannot write objects (no ms_put)"
+        )
+    keep: list = []
+    config = _config(ffi, keep, settings=settings)
+    err = ffi.new("char[]", ERR_BUF_LEN)
+    buf = ffi.from_buffer(data)
+    rc = fn(uri.encode("utf-8"), buf, len(data), config, err, ERR_BUF_LEN)
+    if rc != MS_OK:
+        raise error_for(rc, _message(ffi, err))
+
+
 def _log_verification(meta: Dict[str, Any]) -> None:
     """One DEBUG line per file on how it is checked (MODEL_STREAMER_VERIFY)."""
     if not _logger.isEnabledFor(logging.DEBUG):
@@ -380,6 +399,10 @@ def _log_verification(meta: Dict[str, Any]) -> None:
                           v["algorithm"], v.get("expected", ""), v.get("source", ""))
         elif v.get("skipped"):
             _logger.debug("[model-streamer] %s: not verified: %s", f.get("uri"), v["skipped"])
+        if v.get("sidecar"):
+            _logger.debug("[model-streamer] %s: %d tensors checked against the sidecar %s "
+                          "(%d requested not covered)", f.get("uri"), v.get("sidecar_entries", 0),
+                          v["sidecar"], v.get("sidecar_uncovered", 0))
 
 
 def _has_field(ffi: cffi.FFI, struct: str, field: str) -> bool:
@@ -407,6 +430,7 @@ class Stream:
         settings: Optional[Sequence[str]] = None,
         batch: int = DEFAULT_BATCH,
         ranges: Optional[Sequence[Tuple[Sequence[int], Sequence[int]]]] = None,
+        checksum: bool = False,
     ) -> None:
         self.handle: Optional[int] = None
         ffi, lib = load()
@@ -450,7 +474,14 @@ class Stream:
             config.n_settings = len(settings)
         handle = ffi.new("int64_t *")
         err = ffi.new("char[]", ERR_BUF_LEN)
-        if ranges is None:
+        if checksum:
+            fn = _function(lib, "ms_stream_open_checksum")
+            if fn is None or names is not None or ranges is not None:
+                raise RunaiStreamerInvalidInputException(
+                    "checksum streams read whole files (no names, no ranges) and need "
+                    "ms_stream_open_checksum")
+            rc = fn(c_uris, len(self.uris), config, handle, err, ERR_BUF_LEN)
+        elif ranges is None:
             rc = lib.ms_stream_open(
                 c_uris, len(self.uris), c_names, n_names, config, handle, err, ERR_BUF_LEN
             )
@@ -569,6 +600,21 @@ class Stream:
                 self.ended = True
                 return None
             raise error_for(rc, _message(ffi, err))
+
+    def checksums(self) -> Dict[str, Any]:
+        """For a stream opened with checksum=True that has ended: {"files":
+        [{"uri", "sidecar", "checksums": the sidecar document}]}."""
+        self._check()
+        ffi, lib = self._ffi, self._lib
+        out = ffi.new("char **")
+        err = ffi.new("char[]", ERR_BUF_LEN)
+        rc = lib.ms_stream_checksums(self.handle, out, err, ERR_BUF_LEN)
+        if rc != MS_OK:
+            raise error_for(rc, _message(ffi, err))
+        try:
+            return json.loads(ffi.string(out[0]).decode("utf-8"))
+        finally:
+            lib.ms_free(out[0])
 
     def stats(self) -> Dict[str, int]:
         self._check()

@@ -5,6 +5,8 @@
   model-streamer demo [--dir D] [--size-gb G] [--keep] [--cold] [--json]
   model-streamer ls URI [--recursive] [--json]
   model-streamer pull URI DIR [--allow PATTERN ...] [--ignore PATTERN ...]
+  model-streamer checksum PATH|URI... [--json]
+  model-streamer verify PATH|URI... [--json]
   model-streamer version
 """
 
@@ -424,6 +426,147 @@ def _pull_urls(args: argparse.Namespace, show: bool, start: float) -> int:
     return 0
 
 
+def _native_stream(files: Sequence[str], settings: List[str], checksum: bool = False):
+    """A native stream over every tensor of files, with the settings of the
+    environment (concurrency, memory limit, chunk size, read mode)."""
+    from runai_model_streamer import _native
+    from runai_model_streamer.config import StreamerConfig
+
+    config = StreamerConfig.from_env()
+    return _native.Stream(list(files), None, concurrency=config.concurrency,
+                          memory_limit=config.memory_limit, chunk_bytes=config.chunk_bytes,
+                          read_mode=READ_MODES[config.read_mode], settings=settings,
+                          checksum=checksum)
+
+
+def _drain(stream, bar: Progress, header_bytes: int = 0) -> None:
+    """Takes every tensor of stream and gives it straight back: the engine
+    hashes the bytes as it reads them, nothing here needs to look at them.
+    The bar counts the header (read and checked at open) and tensor bytes."""
+    from runai_model_streamer import _native
+
+    bar.update(header_bytes, count=0)
+
+    while True:
+        batch = stream.next_batch()
+        if batch is None:
+            return
+        for _fi, _ti, _addr, nbytes, token in batch:
+            if token:
+                _native.release(token)
+            bar.update(nbytes)
+
+
+def _file_settings(path: str) -> List[str]:
+    from runai_model_streamer.files import _settings, uri_scheme
+
+    return _settings(None, uri_scheme(path))
+
+
+def _store_note(v: Dict[str, Any]) -> str:
+    if v.get("algorithm"):
+        return f"store {v['algorithm']} {v.get('expected', '')} ({v.get('source', '')})"
+    return ""
+
+
+def format_sidecar(doc: Dict[str, Any]) -> str:
+    """The sidecar as written: JSON, one tensor a line (diffable, greppable)."""
+    head = {k: v for k, v in doc.items() if k != "tensors"}
+    lines = [f" {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    tensors = [f"  {json.dumps(t)}" for t in doc.get("tensors") or []]
+    body = ",\n".join(tensors)
+    return "{\n" + "\n".join(lines) + '\n "tensors": [\n' + body + "\n ]\n}\n"
+
+
+def cmd_checksum(args: argparse.Namespace) -> int:
+    """Writes <file>.checksums.json beside each file: CRC32 of the header,
+    of each tensor and of the whole file, computed while streaming it (and
+    checked against the store's own checksum where it keeps one)."""
+    from runai_model_streamer import _native
+
+    _apply_settings(args)
+    files = expand_paths(args.paths)
+    results = []
+    show = _show_progress(args)
+    for path in files:
+        settings = _file_settings(path)
+        stream = _native_stream([path], settings, checksum=True)
+        try:
+            meta = stream.metadata()["files"][0]
+            bar = Progress(meta["size"], out=sys.stderr, enabled=show, label=os.path.basename(path) + " ")
+            _drain(stream, bar, meta.get("data_offset", 0))
+            bar.finish()
+            doc = stream.checksums()["files"][0]
+        finally:
+            stream.close()
+        sidecar, body = doc["sidecar"], doc["checksums"]
+        _native.put(sidecar, format_sidecar(body).encode("utf-8"), settings=settings)
+        results.append({"uri": path, "sidecar": sidecar, "algorithm": body["algorithm"],
+                        "size": body["size"], "total": body["total"], "tensors": len(body["tensors"]),
+                        "store": _store_note(meta.get("verify") or {})})
+    if args.json:
+        print(json.dumps({"files": results}, indent=2))
+        return 0
+    for r in results:
+        line = (f"wrote {r['sidecar']}: header + {r['tensors']} tensors, {r['algorithm']}, "
+                f"file total {r['total']} ({r['size']} bytes)")
+        if r["store"]:
+            line += f"; read verified against the {r['store']}"
+        print(line)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Reads each file whole, checking it against its sidecar and the
+    store's whole-object checksum (MODEL_STREAMER_VERIFY=require: a file
+    neither covers is reported as not verifiable)."""
+    from runai_model_streamer.exceptions import RunaiStreamerChecksumError
+
+    _apply_settings(args)
+    files = expand_paths(args.paths)
+    show = _show_progress(args)
+    results = []
+    for path in files:
+        settings = _file_settings(path) + ["MODEL_STREAMER_VERIFY=require"]
+        r: Dict[str, Any] = {"uri": path}
+        try:
+            stream = _native_stream([path], settings)
+            try:
+                meta = stream.metadata()["files"][0]
+                bar = Progress(meta["size"], out=sys.stderr, enabled=show,
+                               label=os.path.basename(path) + " ")
+                try:
+                    _drain(stream, bar, meta.get("data_offset", 0))
+                finally:
+                    bar.finish()
+            finally:
+                stream.close()
+            v = meta.get("verify") or {}
+            checks = []
+            if v.get("sidecar"):
+                checks.append(f"header + {v.get('sidecar_entries', 0)} tensors match "
+                              f"{v['sidecar']} ({v.get('sidecar_algorithm', '')})")
+            if v.get("algorithm"):
+                checks.append(_store_note(v))
+            r.update(status="ok", checks=checks, size=meta["size"])
+        except RunaiStreamerChecksumError as e:
+            r.update(status="unverifiable" if "MODEL_STREAMER_VERIFY=require" in str(e) else "mismatch",
+                     error=str(e), tensor=e.tensor, sidecar=e.sidecar)
+        results.append(r)
+    bad = [r for r in results if r["status"] != "ok"]
+    if args.json:
+        print(json.dumps({"files": results, "ok": not bad}, indent=2))
+    else:
+        for r in results:
+            if r["status"] == "ok":
+                print(f"OK           {r['uri']}: " + "; ".join(r["checks"]))
+            else:
+                print(f"{r['status'].upper():<12} {r['uri']}: {r['error']}")
+        print(f"{len(results) - len(bad)} of {len(results)} file(s) verified"
+              + (f", {len(bad)} failed" if bad else ""))
+    return 1 if bad else 0
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     import runai_model_streamer
     from runai_model_streamer import _native
@@ -511,6 +654,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="never show the progress bar")
     p.set_defaults(func=cmd_pull)
+
+    def quiet_settings(p: argparse.ArgumentParser) -> None:
+        p.add_argument("paths", nargs="+", metavar="PATH",
+                       help="a .safetensors file or URI, a directory, or a prefix ending in /")
+        p.add_argument("--concurrency", type=_positive_int, metavar="N",
+                       help=f"reads in flight (sets {CONCURRENCY_ENV})")
+        p.add_argument("--read-mode", choices=sorted(READ_MODES),
+                       help=f"how local files are read (sets {READ_MODE_ENV})")
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        p.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="show a progress bar on stderr even when it is not a terminal")
+        p.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="never show the progress bar")
+
+    p = sub.add_parser("checksum", help="write <file>.checksums.json beside each file: "
+                                        "CRC32 of its header, each tensor and the whole file")
+    quiet_settings(p)
+    p.set_defaults(func=cmd_checksum)
+
+    p = sub.add_parser("verify", help="check files against their checksum sidecars and the "
+                                      "store's checksums; exit status 1 if any fails")
+    quiet_settings(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("version", help="print the package and library versions")
     p.set_defaults(func=cmd_version)

@@ -6,6 +6,7 @@ library's message (which names the file, the byte range and the cause).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Optional
 
@@ -69,6 +70,8 @@ _MISMATCH = re.compile(
     r"computed (?P<computed>[0-9a-f]+)"
 )
 _UNVERIFIABLE = re.compile(r"^(?P<uri>.*?): MODEL_STREAMER_VERIFY=require: ")
+_TENSOR = re.compile(r'computed [0-9a-f]+ \(tensor (?P<tensor>"(?:[^"\\]|\\.)*"), bytes \[(?P<begin>\d+), (?P<end>\d+)\)')
+_SIDECAR = re.compile(r"^(?P<sidecar>.*?): unusable checksum sidecar: ")
 
 
 class RunaiStreamerChecksumError(RunaiStreamerError):
@@ -81,6 +84,13 @@ class RunaiStreamerChecksumError(RunaiStreamerError):
     object; ``algorithm`` (``"crc32c"``, ``"crc32"``, ``"crc64nvme"``,
     ``"md5"``); ``expected``, the store's value, and ``computed``, the value
     of the bytes read, both in lower-case hex.
+
+    Against a checksum sidecar (``model-streamer checksum``) the error is
+    raised before the corrupt tensor is handed out, and also names it:
+    ``tensor`` (the tensor's name; ``""`` for the file's header) and
+    ``sidecar`` (the sidecar's URI). A sidecar that cannot be used (stale:
+    written before the file changed, or malformed) raises this error too,
+    with ``uri`` and ``sidecar`` set and ``algorithm`` None.
     """
 
     def __init__(self, message: str, code: Optional[int] = None) -> None:
@@ -89,10 +99,30 @@ class RunaiStreamerChecksumError(RunaiStreamerError):
         self.algorithm: Optional[str] = None
         self.expected: Optional[str] = None
         self.computed: Optional[str] = None
+        self.tensor: Optional[str] = None
+        self.sidecar: Optional[str] = None
         m = _MISMATCH.match(message)
         if m:
             self.uri, self.algorithm = m.group("uri"), m.group("algorithm")
             self.expected, self.computed = m.group("expected"), m.group("computed")
+            t = _TENSOR.search(message)
+            if t:
+                try:
+                    self.tensor = json.loads(t.group("tensor"))
+                except ValueError:  # a Go escape JSON does not know
+                    self.tensor = t.group("tensor")[1:-1]
+                s = re.search(r"against the sidecar (?P<sidecar>.*?)\); ", message)
+                if s:
+                    self.sidecar = s.group("sidecar")
+            elif "(the header, bytes [" in message:
+                self.tensor = ""
+                s = re.search(r"against the sidecar (?P<sidecar>.*?)\); ", message)
+                if s:
+                    self.sidecar = s.group("sidecar")
+        elif _SIDECAR.match(message):
+            self.sidecar = _SIDECAR.match(message).group("sidecar")
+            if self.sidecar.endswith(".checksums.json"):
+                self.uri = self.sidecar[:-len(".checksums.json")]
         else:
             m = _UNVERIFIABLE.match(message)
             if m:

@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import http.server
 import os
+import json
 import re
 import struct
 import threading
@@ -189,6 +190,8 @@ class FlipProxy:
             def _forward(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    body = self._read_chunked()  # uploads (GCS writes sidecars so)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 conn = http.client.HTTPConnection(proxy.target, timeout=60)
                 try:
@@ -199,7 +202,8 @@ class FlipProxy:
                 finally:
                     conn.close()
                 ranged = self.command == "GET" and (self.headers.get("Range") or self.headers.get("x-ms-range"))
-                if ranged and data:
+                # Object bytes only: not an error body (a sidecar lookup's 404).
+                if ranged and data and resp.status in (200, 206):
                     data = proxy._maybe_flip(resp.getheader("Content-Range"), data)
                 self.send_response_only(resp.status, resp.reason)
                 for k, v in out_headers:
@@ -210,6 +214,17 @@ class FlipProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _read_chunked(self) -> bytes:
+                parts = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass  # trailers
+                        return b"".join(parts)
+                    parts.append(self.rfile.read(size))
+                    self.rfile.readline()
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
@@ -412,6 +427,8 @@ def test_flipped_bit_raises_checksum_error(request, monkeypatch, integrity_check
     algorithm and both values; the loop never completes normally."""
     obj = upload(request, kind, integrity_checkpoint)
     p = proxy_env(request, monkeypatch, obj.scheme)
+    if obj.alg == "md5":
+        set_verify(monkeypatch, "require")  # auto skips MD5 (docs/design.md section 9)
     p.set(flip_offsets(obj.data)[where], bit=3)
     seen = []
 
@@ -451,6 +468,29 @@ def test_off_delivers_the_flipped_bit(request, monkeypatch, integrity_checkpoint
     assert p.flipped > 0 and set(got) == set(want)
     differ = [n for n in want if got[n][2] != want[n][2]]
     assert len(differ) == 1, differ
+
+
+@pytest.mark.parametrize("kind", ["s3-etag-md5", "az-content-md5"])
+def test_auto_skips_md5(request, monkeypatch, integrity_checkpoint, kind):
+    """An object whose store keeps only an MD5: auto reads it unverified (one
+    sequential MD5 per object cost 0.43x of off's throughput), saying why in
+    the metadata; require verifies it (test_flipped_bit_raises_checksum_error)."""
+    from runai_model_streamer import _native
+
+    obj = upload(request, kind, integrity_checkpoint)
+    p = proxy_env(request, monkeypatch, obj.scheme)
+    set_verify(monkeypatch, None)
+    from runai_model_streamer.config import backend_settings
+    st = _native.Stream([obj.uri], settings=backend_settings(scheme=obj.scheme))
+    try:
+        v = st.metadata()["files"][0]["verify"]
+    finally:
+        st.close()
+    assert "algorithm" not in v and "only an MD5" in v["skipped"] and "require" in v["skipped"]
+    p.set(flip_offsets(obj.data)["middle"], bit=2)
+    got = stream_all(obj.uri)
+    want = reference(obj.local)
+    assert p.flipped > 0 and [n for n in want if got[n][2] != want[n][2]]
 
 
 def test_tensor_names_skip_under_auto_refused_under_require(request, monkeypatch, integrity_checkpoint):
@@ -509,6 +549,8 @@ def test_pull_files_never_leaves_a_corrupt_file(request, monkeypatch, integrity_
     (nor a temporary file); clean, the file is the object's bytes."""
     obj = upload(request, kind, integrity_checkpoint)
     p = proxy_env(request, monkeypatch, obj.scheme)
+    if obj.alg == "md5":
+        set_verify(monkeypatch, "require")  # auto skips MD5
     prefix = obj.uri.rsplit("/", 1)[0]
     dst = tmp_path / "dst"
     p.set(flip_offsets(obj.data)["middle"], bit=7)
@@ -563,3 +605,81 @@ def test_local_files_under_require(monkeypatch, integrity_checkpoint):
     set_verify(monkeypatch, None)
     got = stream_all(str(integrity_checkpoint))
     assert got.keys() == reference(integrity_checkpoint).keys()
+
+
+# ---------------------------------------------------------------------------
+# Checksum sidecars on object storage
+
+
+@pytest.mark.parametrize("kind", ["s3-etag-md5", "s3-crc32c", "gs-crc32c", "az-blocks"])
+def test_sidecar_on_object_storage(request, monkeypatch, integrity_checkpoint, kind, capsys):
+    """`model-streamer checksum URI` writes the sidecar as an object beside
+    the checkpoint (through the proxy); `verify` then reports it; a bit
+    flipped on the wire in a tensor raises RunaiStreamerChecksumError naming
+    it before it is yielded, also where the store keeps no usable checksum
+    (az-blocks) or only an MD5, which auto skips; and tensor_names are
+    checked."""
+    from runai_model_streamer import cli
+
+    obj = upload(request, kind, integrity_checkpoint)
+    p = proxy_env(request, monkeypatch, obj.scheme)
+    assert cli.main(["checksum", "--no-progress", obj.uri]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {obj.uri}.checksums.json" in out
+    if obj.alg and obj.alg != "md5":
+        assert f"read verified against the store {obj.alg}" in out
+    assert cli.main(["verify", "--no-progress", obj.uri]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK           {obj.uri}: header + ") and f"{obj.uri}.checksums.json (crc32)" in out
+    if obj.alg:  # require also checks the store's value, MD5 included
+        assert f"store {obj.alg} " in out
+
+    want = reference(obj.local)
+    got = stream_all(obj.uri)
+    assert set(got) == set(want)
+    for n in want:
+        assert_matches(n, got[n], want[n])
+
+    offset = flip_offsets(obj.data)["middle"]
+    doc = json.loads(cli_sidecar(obj.uri))
+    bad = next(t for t in doc["tensors"] if t["offsets"][0] <= offset < t["offsets"][1])
+    p.set(offset, bit=5)
+    seen = []
+
+    def run(names=None):
+        with SafetensorsStreamer() as s:
+            s.stream_file(obj.uri, tensor_names=names)
+            for name, t in s.get_tensors():
+                seen.append(name)
+                assert_matches(name, describe(t), want[name])
+
+    with pytest.raises(RunaiStreamerChecksumError) as e:
+        call_with_timeout(run, TIMEOUT)
+    assert p.flipped > 0
+    err = e.value
+    assert err.uri == obj.uri and err.tensor == bad["name"] and err.algorithm == "crc32"
+    assert err.expected == bad["checksum"] and bad["name"] not in seen
+    assert err.sidecar == obj.uri + ".checksums.json"
+    # A partial read that leaves the tensor out is exact; one that names it fails.
+    others = [t["name"] for t in doc["tensors"] if t["name"] != bad["name"]][:3]
+    seen.clear()
+    call_with_timeout(lambda: run(others), TIMEOUT)
+    assert sorted(seen) == sorted(others)
+    with pytest.raises(RunaiStreamerChecksumError) as e:
+        call_with_timeout(lambda: run([bad["name"]]), TIMEOUT)
+    assert e.value.tensor == bad["name"]
+    p.clear()
+    assert cli.main(["verify", "--no-progress", obj.uri]) == 0
+    capsys.readouterr()
+
+
+def cli_sidecar(uri: str) -> str:
+    """The sidecar object of uri, read back through the library."""
+    from runai_model_streamer import FileChunks, FileStreamer
+    from runai_model_streamer.files import list_remote
+
+    side = uri + ".checksums.json"
+    size = dict(list_remote(uri.rsplit("/", 1)[0] + "/", False, None))[side]
+    with FileStreamer() as fs:
+        fs.stream_files([FileChunks(0, side, offsets=[0], sizes=[size])])
+        return b"".join(c.numpy().tobytes() for _, _, c in fs.get_chunks()).decode()

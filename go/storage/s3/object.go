@@ -56,7 +56,9 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	out, err := b.head(ctx, bucket, key)
 	if err != nil {
 		se := toError(ctx, "open", uri, 0, 0, err)
-		b.explain(ctx, se, bucket, key)
+		if !storage.IsProbe(ctx) {
+			b.explain(ctx, se, bucket, key)
+		}
 		return nil, se
 	}
 	size := aws.ToInt64(out.ContentLength)
