@@ -124,6 +124,40 @@ def test_file_replaced_while_streaming(web, tmp_path, monkeypatch):
                 pass
 
 
+def test_sidecar_beside_a_presigned_style_url(web, checkpoint, checkpoint_reference, tmp_path):
+    """A URL's sidecar is the path's plus the suffix, with the same query (a
+    token for the directory serves both): found and checked, and a flipped
+    byte fails the stream naming the URL without its query."""
+    from runai_model_streamer import RunaiStreamerChecksumError, cli
+
+    src = checkpoint[0]
+    local = tmp_path / src.name
+    local.write_bytes(src.read_bytes())
+    assert cli.main(["checksum", "--no-progress", str(local)]) == 0
+    sidecar = (tmp_path / (src.name + ".checksums.json")).read_bytes()
+    url = servers.nginx_put(web, f"signed/{src.name}", local.read_bytes())
+    servers.nginx_put(web, f"signed/{src.name}.checksums.json", sidecar)
+    query = "?X-Amz-Signature=topsecret&X-Amz-Expires=600"
+    want = {k: v for k, v in checkpoint_reference.items() if k in _tensor_names(local)}
+    got, _, _ = stream_all([url + query])
+    assert_same_tensors(got, want)
+
+    data = bytearray(local.read_bytes())
+    data[-1] ^= 0x10  # the last tensor's last byte
+    servers.nginx_put(web, f"signed/{src.name}", bytes(data))
+    with pytest.raises(RunaiStreamerChecksumError) as info:
+        stream_all([url + query])
+    msg = str(info.value)
+    assert url in msg and "topsecret" not in msg, msg
+
+
+def _tensor_names(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return set(f.keys())
+
+
 def test_listing_is_refused_with_the_reason(web):
     with pytest.raises(RunaiStreamerInvalidInputException, match="listing is not possible over HTTP"):
         list_safetensors(f"{web['url']}/files/ckpt/")
