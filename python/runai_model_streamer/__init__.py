@@ -38,7 +38,7 @@ from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # 
     pull_files,
 )
 
-__version__ = "0.1.0"
+from runai_model_streamer._version import __version__  # noqa: E402
 
 # Imported on first use (PEP 562): the range streamers and the distributed
 # exchange are not needed by a plain SafetensorsStreamer load, whose import
