@@ -12,9 +12,10 @@ SHT_GNU_VERNEED = 0x6FFFFFFE
 # e_machine -> the architecture as wheel tags spell it (little-endian ones
 # for ppc64: manylinux has no big-endian ppc64 policy).
 ARCH = {62: "x86_64", 183: "aarch64", 21: "ppc64le", 22: "s390x", 3: "i686"}
-# Tags older than manylinux2014 (glibc 2.17) are ones auditwheel and current
-# pip treat as legacy, and no supported distribution is older.
-FLOOR = (2, 17)
+# The oldest manylinux policy of each architecture (PEP 600's, as auditwheel
+# lists them): a library needing less is still tagged with it.
+FLOOR = {"x86_64": (2, 5), "i686": (2, 5)}
+OTHER_FLOOR = (2, 17)
 
 
 def _unpack(fmt, data, off):
@@ -76,7 +77,7 @@ def platform_tag(path):
     arch, versions = glibc_needs(path)
     if arch is None or not versions:
         return None
-    major, minor = max(versions + [FLOOR])
+    major, minor = max(versions + [FLOOR.get(arch, OTHER_FLOOR)])
     return f"manylinux_{major}_{minor}_{arch}"
 
 
