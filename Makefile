@@ -123,6 +123,7 @@ wheel: $(WHEEL_TOOLS)
 sdist: $(WHEEL_TOOLS)
 	rm -f dist/model_streamer-*.tar.gz
 	$(VPY) -m build --sdist --outdir dist .
+	@if tar -tzf dist/model_streamer-*.tar.gz | grep '\.so$$'; then echo "sdist: carries a built library" >&2; exit 1; fi
 	rm -rf build/sdist-check && mkdir -p build/sdist-check
 	tar -xzf dist/model_streamer-*.tar.gz -C build/sdist-check
 	$(VPY) -m pip wheel -q --no-deps -w build/sdist-check/dist build/sdist-check/model_streamer-*/

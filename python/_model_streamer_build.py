@@ -129,6 +129,10 @@ class Sdist(_sdist):
     module, the Makefile and this file."""
 
     def make_release_tree(self, base_dir, files):
+        # No built library: a source distribution builds it (package data
+        # would otherwise carry the one in the tree, for this machine's glibc).
+        built = os.path.relpath(LIB_DIR, ROOT) + os.sep
+        files = [f for f in files if not os.path.normpath(f).startswith(built)]
         extra = ["Makefile", os.path.join("python", "_model_streamer_build.py"),
                  os.path.join("python", "_manylinux.py")]
         for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, "go")):
