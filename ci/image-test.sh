@@ -17,7 +17,8 @@
 #   cgroup layout, and rlimits are lowered explicitly (raising them is refused).
 #
 # MIRROR: Debian mirror for mmdebstrap (default: mmdebstrap's own).
-# IMAGE_TEST_MB: checkpoint size pulled (default 1024).
+# IMAGE_TEST_MB: checkpoint size pulled (default 1024); IMAGE_TEST_ROUNDS: pulls
+# inside and outside the image, alternating (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -104,5 +105,5 @@ python3 -m venv "$lean"
 "$lean/bin/pip" install -q --no-deps dist/model_streamer-*.whl
 
 python3 ci/image_test.py --image "$tag" --runtime-base localhost/ms-base:runtime \
-  --lean "$lean" --mb "${IMAGE_TEST_MB:-1024}" --build-seconds "$build_s" --out "$work/results.json"
+  --lean "$lean" --mb "${IMAGE_TEST_MB:-1024}" --rounds "${IMAGE_TEST_ROUNDS:-2}" --build-seconds "$build_s" --out "$work/results.json"
 echo "image-test: passed in $(( $(date +%s) - start )) s (image build $build_s s)"
