@@ -130,8 +130,8 @@ sdist: $(WHEEL_TOOLS)
 	bash ci/check-wheel.sh $(VPY) build/sdist-check/dist/model_streamer-*.whl
 
 # The loader image (deploy/Dockerfile), built and tested on this machine
-# without a container daemon: ci/image-test.sh (about 5 minutes here once
-# the base images exist, 8 from nothing; not part of `make test`).
+# without a container daemon: ci/image-test.sh (about 2 minutes here once
+# the base images exist, 10 from nothing; not part of `make test`).
 image-test:
 	bash ci/image-test.sh
 
