@@ -9,12 +9,16 @@ TORCH_VERSION ?= 2.9.1
 GO ?= go
 LIB := python/runai_model_streamer/lib/libmodelstreamer.so
 HEADER := go/capi/model_streamer.h
-GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') $(HEADER) go/go.mod go/go.sum $(wildcard go/capi/*.c)
+VERSION_PY := python/runai_model_streamer/_version.py
+# The one place the version is written; the library reports it (ms_version).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' $(VERSION_PY))
+GO_SOURCES := $(shell find go -name '*.go' -not -name '*_test.go') $(HEADER) go/go.mod go/go.sum $(wildcard go/capi/*.c) $(VERSION_PY)
 # A count, not a duration: a duration can end while a worker is minimising an
 # input, which go test reports as a failure (context deadline exceeded).
 FUZZTIME ?= 600000x
 
-.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean gpu-bundle ffi
+.PHONY: all build dev servers demo test test-go test-python fuzz bench lint clean gpu-bundle ffi \
+	wheel sdist image-test
 
 # Tests never skip for want of a server: the servers are installed first.
 export MODEL_STREAMER_REQUIRE_SERVERS := 1
@@ -25,7 +29,7 @@ build: $(LIB)
 
 $(LIB): $(GO_SOURCES)
 	mkdir -p $(dir $@)
-	cd go && CGO_ENABLED=1 $(GO) build -trimpath -ldflags="-s -w" -buildmode=c-shared -o ../$@ ./capi
+	cd go && CGO_ENABLED=1 $(GO) build -trimpath -ldflags="-s -w -X main.version=$(VERSION)" -buildmode=c-shared -o ../$@ ./capi
 	cp $(HEADER) python/runai_model_streamer/lib/model_streamer.h
 	rm -f $(basename $@).h
 
@@ -100,6 +104,37 @@ gpu-bundle: $(GPU_LIB_XZ)
 	ls -l $(GPU_LIB_XZ) .whl/*.whl; \
 	echo "travels: tree $$((tree >> 10)) KiB + .gpu $$((gpu >> 10)) KiB + .whl $$((whl >> 10)) KiB = $$((total >> 20)) MiB (limit $(GPU_MAX_MIB) MiB)"; \
 	if [ $$total -gt $$(($(GPU_MAX_MIB) << 20)) ]; then echo "gpu-bundle: over $(GPU_MAX_MIB) MiB" >&2; exit 1; fi
+
+# The wheel, tagged py3-none-manylinux_X_Y_<arch> from the library's glibc
+# symbol needs (python/_manylinux.py); auditwheel, in the venv, must agree:
+# a linux_* tag (no package index takes one) or a tag other than the one
+# auditwheel measures fails the target.
+WHEEL_TOOLS := $(VENV)/.wheel-tools
+$(WHEEL_TOOLS):
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q "auditwheel>=6" build
+	touch $@
+
+wheel: $(WHEEL_TOOLS)
+	rm -f dist/model_streamer-*.whl
+	$(VPY) -m pip wheel -q --no-deps -w dist .
+	bash ci/check-wheel.sh $(VPY) dist/model_streamer-*.whl
+
+# The source distribution, then a wheel built from it alone (Go on PATH).
+sdist: $(WHEEL_TOOLS)
+	rm -f dist/model_streamer-*.tar.gz
+	$(VPY) -m build --sdist --outdir dist .
+	@if tar -tzf dist/model_streamer-*.tar.gz | grep '\.so$$'; then echo "sdist: carries a built library" >&2; exit 1; fi
+	rm -rf build/sdist-check && mkdir -p build/sdist-check
+	tar -xzf dist/model_streamer-*.tar.gz -C build/sdist-check
+	$(VPY) -m pip wheel -q --no-deps -w build/sdist-check/dist build/sdist-check/model_streamer-*/
+	bash ci/check-wheel.sh $(VPY) build/sdist-check/dist/model_streamer-*.whl
+
+# The loader image (deploy/Dockerfile), built and tested on this machine
+# without a container daemon: ci/image-test.sh (about 2 minutes here once
+# the base images exist, 10 from nothing; not part of `make test`).
+image-test:
+	bash ci/image-test.sh
 
 lint:
 	cd go && test -z "$$(gofmt -l .)" && $(GO) vet ./...

@@ -2,15 +2,18 @@
 
 BuildPy runs the Go build before the package files are collected, so that
 python/runai_model_streamer/lib/libmodelstreamer.so (and the C header next to
-it) exist and are packaged. BdistWheel tags the wheel py3-none-<platform>: the
-library is opened with cffi in ABI mode, so one wheel per platform serves every
-Python 3 version.
+it) exist and are packaged. BdistWheel tags the wheel
+py3-none-manylinux_X_Y_<arch>: the library is opened with cffi in ABI mode, so
+one wheel per platform serves every Python 3 version, and X.Y is the newest
+glibc symbol version the library needs (_manylinux.py), so it installs on
+every Linux with that glibc or newer.
 
 Environment:
   MODEL_STREAMER_SKIP_GO_BUILD=1  use the library already in place.
   GO                              the go command (default: go).
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -62,7 +65,9 @@ def build_native():
         subprocess.check_call(cmd, env=env)
     else:
         os.makedirs(LIB_DIR, exist_ok=True)
-        cmd = [go, "build", "-trimpath", "-buildmode=c-shared", "-o", LIB, "./capi"]
+        ldflags = f"-s -w -X main.version={_version()}"  # as the Makefile's
+        cmd = [go, "build", "-trimpath", f"-ldflags={ldflags}", "-buildmode=c-shared", "-o", LIB,
+               "./capi"]
         _log(" ".join(cmd))
         subprocess.check_call(cmd, cwd=os.path.join(ROOT, "go"), env=env)
         shutil.copyfile(HEADER_SRC, HEADER_DST)
@@ -71,6 +76,15 @@ def build_native():
             os.remove(generated)
     if not os.path.isfile(LIB):
         raise RuntimeError(f"the Go build did not produce {LIB}")
+
+
+def _version():
+    """The version, from the one place it is written."""
+    path = os.path.join(ROOT, "python", "runai_model_streamer", "_version.py")
+    scope = {}
+    with open(path) as f:
+        exec(f.read(), scope)
+    return scope["__version__"]
 
 
 class BuildPy(_build_py):
@@ -91,7 +105,23 @@ class BdistWheel(_bdist_wheel):
 
     def get_tag(self):
         _, _, plat = super().get_tag()
+        if plat.startswith("linux_") and os.path.isfile(LIB):
+            # The tag is measured from the library that goes in (built by now:
+            # bdist_wheel runs build_py before it names the wheel).
+            manylinux = _load_manylinux().platform_tag(LIB)
+            if manylinux:
+                plat = manylinux
         return "py3", "none", plat
+
+
+def _load_manylinux():
+    """python/_manylinux.py, by path: this file is loaded by setuptools from
+    pyproject.toml, not as part of a package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_manylinux.py")
+    spec = importlib.util.spec_from_file_location("_model_streamer_manylinux", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Sdist(_sdist):
@@ -99,7 +129,12 @@ class Sdist(_sdist):
     module, the Makefile and this file."""
 
     def make_release_tree(self, base_dir, files):
-        extra = ["Makefile", os.path.join("python", "_model_streamer_build.py")]
+        # No built library: a source distribution builds it (package data
+        # would otherwise carry the one in the tree, for this machine's glibc).
+        built = os.path.relpath(LIB_DIR, ROOT) + os.sep
+        files = [f for f in files if not os.path.normpath(f).startswith(built)]
+        extra = ["Makefile", os.path.join("python", "_model_streamer_build.py"),
+                 os.path.join("python", "_manylinux.py")]
         for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, "go")):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):

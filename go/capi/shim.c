@@ -24,7 +24,7 @@ static int forked(char *err, size_t err_len) {
     return 1;
 }
 
-const char *ms_version(void) { return "0.1.0"; }
+const char *ms_version(void) { return msgo_version(); }
 
 int ms_stream_open(const char *const *uris, int32_t n_uris, const char *const *names, int32_t n_names,
                    const ms_config *config, int64_t *handle, char *err, size_t err_len) {

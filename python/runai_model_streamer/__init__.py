@@ -28,22 +28,25 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerPermissionError,
 )
 from runai_model_streamer.files import S3Credentials
-from runai_model_streamer.metadata import SafetensorMetadata
-from runai_model_streamer.streamer import SafetensorsStreamer
 
-# Defined at the reference's module path, where callers patch them.
+# Defined at the reference's module path, where callers patch them. These,
+# the CLI's ls and pull, and s3_utils import no torch: a loader image runs
+# them without it (torch is imported where tensors are made).
 from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # noqa: E402
     ObjectStorageModel,
     list_safetensors,
     pull_files,
 )
 
-__version__ = "0.1.0"
+from runai_model_streamer._version import __version__  # noqa: E402
 
 # Imported on first use (PEP 562): the range streamers and the distributed
 # exchange are not needed by a plain SafetensorsStreamer load, whose import
-# is part of its start-up cost (they would double the package's import time).
+# is part of its start-up cost (they would double the package's import time);
+# the streamer and the metadata import torch, which downloads do not need.
 _LAZY = {
+    "SafetensorsStreamer": "runai_model_streamer.streamer",
+    "SafetensorMetadata": "runai_model_streamer.metadata",
     "FileStreamer": "runai_model_streamer.file_streamer",
     "FileChunks": "runai_model_streamer.file_streamer",
     "DistributedStreamer": "runai_model_streamer.distributed_streamer",

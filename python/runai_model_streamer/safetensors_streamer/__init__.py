@@ -3,7 +3,16 @@
 
 from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # noqa: F401
     ObjectStorageModel,
-    SafetensorsStreamer,
     list_safetensors,
     pull_files,
 )
+
+
+def __getattr__(name: str):
+    # SafetensorsStreamer on first use: it imports torch (see safetensors_streamer.py).
+    if name == "SafetensorsStreamer":
+        from runai_model_streamer.streamer import SafetensorsStreamer
+
+        globals()[name] = SafetensorsStreamer
+        return SafetensorsStreamer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
