@@ -66,3 +66,20 @@ def test_python_helpers_without_torch(tmp_path):
     assert "['a.safetensors', 'b.safetensors']" in out
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["a.safetensors", "b.safetensors"]
     assert f"dir {src}" in out
+
+
+def test_cli_checksum_and_verify_without_torch(tmp_path):
+    """The integrity commands only hash bytes: no torch, no numpy."""
+    import struct
+
+    header = b'{"w":{"dtype":"U8","shape":[64],"data_offsets":[0,64]}}'
+    header += b" " * (-len(header) % 8)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bytes(range(64)))
+    out = check(f"""
+        from runai_model_streamer.cli import main
+        assert main(["checksum", "--no-progress", {str(path)!r}]) == 0
+        assert main(["verify", "--no-progress", {str(path)!r}]) == 0
+    """)
+    assert (tmp_path / "m.safetensors.checksums.json").is_file()
+    assert "1 of 1 file(s) verified" in out, out
