@@ -24,10 +24,11 @@ const Setting = "MODEL_STREAMER_VERIFY"
 type Mode int
 
 const (
-	// Auto verifies every object whose store holds a whole-object CRC
-	// (not an MD5 alone: see Want), when the whole object is read, and the
+	// Auto verifies every object whose store holds a whole-object
+	// checksum (a CRC, else an MD5), when the whole object is read, and the
 	// tensors of every file with a checksum sidecar; others are read
-	// unverified.
+	// unverified. A stream skips an MD5 where the sidecar covers every byte
+	// it reads (the CRC32 sidecar check costs a fraction of MD5's).
 	Auto Mode = iota
 	// Off verifies nothing.
 	Off
@@ -67,10 +68,12 @@ func FromSettings(s storage.Settings) (Mode, error) { return ParseMode(s[Setting
 
 // Want returns the checksum obj should be verified against under mode m:
 // of those its store holds, the first of checksum.Known (the CRCs, which
-// parallel reads can combine, before MD5, which needs the bytes in order).
-// MD5 is used only under Require: hashed in order, one stream per object,
-// it bounds throughput (0.43x of off on MinIO, docs/benchmarks.md), far
-// over the cost Auto may add. With none, ok is false and reason says why.
+// parallel reads can combine, before MD5, which needs the bytes in order:
+// one stream per object, it bounds a single large object's throughput at
+// MD5's speed, docs/benchmarks.md). Auto takes an MD5 too: an Azure blob
+// and an S3 object uploaded whole by an older client keep nothing else,
+// and a flipped bit must not reach a tensor silently under the defaults.
+// With none, ok is false and reason says why.
 func Want(obj storage.Object, m Mode) (c storage.Checksum, reason string, ok bool) {
 	cs, isChecksummed := obj.(storage.Checksummed)
 	if !isChecksummed {
@@ -80,11 +83,6 @@ func Want(obj storage.Object, m Mode) (c storage.Checksum, reason string, ok boo
 	for _, alg := range checksum.Known {
 		for _, s := range sums {
 			if s.Algorithm == alg && len(s.Value) == alg.Size() {
-				if alg == checksum.MD5 && m != Require {
-					return storage.Checksum{}, "the store keeps only an MD5 (" + s.Source + "), which " + Setting +
-						"=auto does not verify (sequential, it would cost about half the throughput); " + Setting +
-						"=require verifies it, or a checksum sidecar (model-streamer checksum)", false
-				}
 				return s, "", true
 			}
 		}

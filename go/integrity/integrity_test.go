@@ -67,7 +67,7 @@ func TestWantPrefersCRCs(t *testing.T) {
 		{"md5 then crc32", fakeObject{sums: []storage.Checksum{md5, crc32}}, Auto, checksum.CRC32, ""},
 		{"crc32c wins", fakeObject{sums: []storage.Checksum{crc32, md5, crc32c}}, Auto, checksum.CRC32C, ""},
 		{"md5 only, require", fakeObject{sums: []storage.Checksum{md5}}, Require, checksum.MD5, ""},
-		{"md5 only, auto skips it", fakeObject{sums: []storage.Checksum{md5}}, Auto, "", "only an MD5"},
+		{"md5 only, auto", fakeObject{sums: []storage.Checksum{md5}}, Auto, checksum.MD5, ""},
 		{"wrong length ignored", fakeObject{sums: []storage.Checksum{short}}, Auto, "", "no whole-object checksum"},
 		{"reason passed on", fakeObject{reason: "composite"}, Auto, "", "composite"},
 		{"not checksummed", plainObject{}, Require, "", "local files"},

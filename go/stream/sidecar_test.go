@@ -402,8 +402,8 @@ func TestStaleSidecar(t *testing.T) {
 
 // Object storage, through the bit-flipping proxy: the sidecar is an object
 // beside the checkpoint. On an object whose store keeps only an MD5 (which
-// auto does not verify) the sidecar still catches a flip before the tensor
-// is delivered; on a CRC object both checks run and the sidecar's comes
+// auto leaves out where the sidecar covers the read) the sidecar catches a
+// flip before the tensor is delivered; on a CRC object both checks run and the sidecar's comes
 // first. A flip in every response that carries the byte fails the stream;
 // a flip in one response is healed by reading the bytes once more (the
 // whole-object check, which saw the bad bytes first, then passes too). A

@@ -427,8 +427,6 @@ def test_flipped_bit_raises_checksum_error(request, monkeypatch, integrity_check
     algorithm and both values; the loop never completes normally."""
     obj = upload(request, kind, integrity_checkpoint)
     p = proxy_env(request, monkeypatch, obj.scheme)
-    if obj.alg == "md5":
-        set_verify(monkeypatch, "require")  # auto skips MD5 (docs/design.md section 9)
     p.set(flip_offsets(obj.data)[where], bit=3)
     seen = []
 
@@ -471,26 +469,38 @@ def test_off_delivers_the_flipped_bit(request, monkeypatch, integrity_checkpoint
 
 
 @pytest.mark.parametrize("kind", ["s3-etag-md5", "az-content-md5"])
-def test_auto_skips_md5(request, monkeypatch, integrity_checkpoint, kind):
-    """An object whose store keeps only an MD5: auto reads it unverified (one
-    sequential MD5 per object cost 0.43x of off's throughput), saying why in
-    the metadata; require verifies it (test_flipped_bit_raises_checksum_error)."""
-    from runai_model_streamer import _native
-
-    obj = upload(request, kind, integrity_checkpoint)
-    p = proxy_env(request, monkeypatch, obj.scheme)
-    set_verify(monkeypatch, None)
+def test_auto_verifies_md5_unless_a_sidecar_covers_the_read(request, monkeypatch, integrity_checkpoint,
+                                                            kind):
+    """An object whose store keeps only an MD5 is verified against it under
+    auto (test_flipped_bit_raises_checksum_error shows a flip fails); once a
+    checksum sidecar covers every byte the stream reads, auto leaves the
+    sequential MD5 out and checks the sidecar, and require checks both."""
+    from runai_model_streamer import _native, cli
     from runai_model_streamer.config import backend_settings
-    st = _native.Stream([obj.uri], settings=backend_settings(scheme=obj.scheme))
-    try:
-        v = st.metadata()["files"][0]["verify"]
-    finally:
-        st.close()
-    assert "algorithm" not in v and "only an MD5" in v["skipped"] and "require" in v["skipped"]
-    p.set(flip_offsets(obj.data)["middle"], bit=2)
-    got = stream_all(obj.uri)
-    want = reference(obj.local)
-    assert p.flipped > 0 and [n for n in want if got[n][2] != want[n][2]]
+
+    scheme = KINDS[kind][0]
+    store = make_store(request, scheme)
+    # An object of its own: the sidecar written here must not sit beside
+    # the shared one that other tests pull.
+    uri = store.put(f"{kind}-with-sidecar/model.safetensors", integrity_checkpoint.read_bytes())
+    proxy_env(request, monkeypatch, scheme)
+
+    def verify_note(mode):
+        set_verify(monkeypatch, mode)
+        st = _native.Stream([uri], settings=backend_settings(scheme=scheme))
+        try:
+            return st.metadata()["files"][0]["verify"]
+        finally:
+            st.close()
+
+    v = verify_note(None)
+    assert v.get("algorithm") == "md5" and not v.get("sidecar"), v
+    assert cli.main(["checksum", "--no-progress", uri]) == 0
+    v = verify_note(None)
+    assert "algorithm" not in v and "sidecar covers every byte" in v["skipped"], v
+    assert v["sidecar"] == uri + ".checksums.json"
+    v = verify_note("require")
+    assert v.get("algorithm") == "md5" and v["sidecar"] == uri + ".checksums.json", v
 
 
 def test_tensor_names_skip_under_auto_refused_under_require(request, monkeypatch, integrity_checkpoint):
@@ -549,8 +559,6 @@ def test_pull_files_never_leaves_a_corrupt_file(request, monkeypatch, integrity_
     (nor a temporary file); clean, the file is the object's bytes."""
     obj = upload(request, kind, integrity_checkpoint)
     p = proxy_env(request, monkeypatch, obj.scheme)
-    if obj.alg == "md5":
-        set_verify(monkeypatch, "require")  # auto skips MD5
     prefix = obj.uri.rsplit("/", 1)[0]
     dst = tmp_path / "dst"
     p.set(flip_offsets(obj.data)["middle"], bit=7)
@@ -617,7 +625,7 @@ def test_sidecar_on_object_storage(request, monkeypatch, integrity_checkpoint, k
     the checkpoint (through the proxy); `verify` then reports it; a bit
     flipped on the wire in a tensor raises RunaiStreamerChecksumError naming
     it before it is yielded, also where the store keeps no usable checksum
-    (az-blocks) or only an MD5, which auto skips; and tensor_names are
+    (az-blocks) or only an MD5, which auto then leaves out; and tensor_names are
     checked."""
     from runai_model_streamer import cli
 
