@@ -150,10 +150,9 @@ func (c *Cache) entry(namespace, uri, version string, size int64) entry {
 
 // Meta is what NAME.json records about an entry.
 type Meta struct {
-	URI       string `json:"uri"`
-	Namespace string `json:"namespace,omitempty"`
-	Version   string `json:"version"`
-	Size      int64  `json:"size"`
+	URI     string `json:"uri"`
+	Version string `json:"version"`
+	Size    int64  `json:"size"`
 	// Checksum is what the entry's bytes were verified against
 	// ("crc32c:1a2b3c4d" from the store, or "crc32c:... (written)" when the
 	// store keeps no usable checksum and the bytes were checked as written).

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -39,7 +40,21 @@ type Opener struct {
 	// Warn reports, once per object, why it is not being cached (a full
 	// disk, a failed write, a checksum that does not match). Nil: stderr.
 	Warn func(msg string)
+
+	stats Stats
 }
+
+// Stats counts what an Opener did with the objects it opened.
+type Stats struct {
+	Hits      atomic.Int64 // served from an entry
+	Writes    atomic.Int64 // read from the store, writing an entry
+	Committed atomic.Int64 // entries completed and renamed into place
+	Failed    atomic.Int64 // entries given up (write error, full disk, checksum)
+	Uncached  atomic.Int64 // read from the store alone (entry busy, no room)
+}
+
+// Stats returns the Opener's counters.
+func (o *Opener) Stats() *Stats { return &o.stats }
 
 // Tuning forwards the store's preferred read size and parallelism (the
 // engine asks its Opener; see stream.Config).
@@ -97,8 +112,10 @@ func (o *Opener) Open(ctx context.Context, uri string) (storage.Object, error) {
 		return obj, nil
 	}
 	if w != nil {
+		o.stats.Writes.Add(1)
 		return w, nil
 	}
+	o.stats.Uncached.Add(1)
 	return obj, nil
 }
 
@@ -121,6 +138,7 @@ func (o *Opener) hit(ctx context.Context, e entry) storage.Object {
 		return nil
 	}
 	touch(e)
+	o.stats.Hits.Add(1)
 	return local(obj, func() { l.Close() })
 }
 
@@ -149,7 +167,7 @@ func (o *Opener) startWrite(e entry, ns string, obj storage.Object) (_ *writer, 
 		return nil, false
 	}
 	tmp := fmt.Sprintf("%s%s%d.%x", e.base, tmpInfix, os.Getpid(), randomID())
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err == nil {
 		// Reserve the space now: a full disk shows here, before any byte
 		// is written, and the file is not fragmented by 32 writers.

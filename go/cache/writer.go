@@ -162,6 +162,7 @@ func (w *writer) fail(err error) {
 	w.failed = true
 	w.mu.Unlock()
 	if first {
+		w.o.stats.Failed.Add(1)
 		_ = os.Remove(w.tmp)
 		w.o.warn("%s: not cached, reading on from the store: %v", w.e.uri, err)
 	}
@@ -182,6 +183,7 @@ func (w *writer) Close() error {
 	if complete {
 		if cerr := w.commit(); cerr != nil {
 			failed = true
+			w.o.stats.Failed.Add(1)
 			w.o.warn("%s: not cached: %v", w.e.uri, cerr)
 		}
 	}
@@ -190,6 +192,7 @@ func (w *writer) Close() error {
 	}
 	_ = w.f.Close()
 	if complete && !failed {
+		w.o.stats.Committed.Add(1)
 		// Over the limit now (other processes wrote meanwhile): make room,
 		// this entry included if no stream reads it.
 		w.lk.Close()
@@ -229,7 +232,7 @@ func (w *writer) commit() error {
 	if err := w.f.Sync(); err != nil {
 		return err
 	}
-	meta, _ := json.Marshal(Meta{URI: w.e.uri, Namespace: w.ns, Version: w.e.ver, Size: w.e.size,
+	meta, _ := json.Marshal(Meta{URI: w.e.uri, Version: w.e.ver, Size: w.e.size,
 		Checksum: verified, Created: time.Now().UTC()})
 	if err := os.WriteFile(w.e.meta(), meta, 0o644); err != nil {
 		return err
