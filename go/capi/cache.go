@@ -1,6 +1,15 @@
 package main
 
+/*
+#include <stdlib.h>
+#include "model_streamer.h"
+*/
+import "C"
+
 import (
+	"encoding/json"
+	"fmt"
+
 	"github.com/model-streamer/model-streamer/go/cache"
 	"github.com/model-streamer/model-streamer/go/stream"
 )
@@ -14,4 +23,55 @@ func (r request) opener(readOnly bool) (stream.Opener, error) {
 		return nil, err
 	}
 	return o.(stream.Opener), nil
+}
+
+//export msgo_cache
+func msgo_cache(op, dir *C.char, maxBytes C.int64_t, out **C.char, errBuf *C.char, errLen C.size_t) (rc C.int) {
+	defer guard(&rc, errBuf, errLen)
+	if op == nil || dir == nil || out == nil {
+		setErr(errBuf, errLen, "ms_cache: invalid arguments")
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	*out = nil
+	result, err := manageCache(C.GoString(op), C.GoString(dir), int64(maxBytes))
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	b, err := json.Marshal(result)
+	if err != nil {
+		return fail(errBuf, errLen, err)
+	}
+	*out = C.CString(string(b))
+	return C.MS_OK
+}
+
+// cacheUsage is the answer to "du".
+type cacheUsage struct {
+	Dir      string `json:"dir"`
+	Bytes    int64  `json:"bytes"`
+	MaxBytes int64  `json:"max_bytes"`
+	Entries  int    `json:"entries"`
+}
+
+func manageCache(op, dir string, maxBytes int64) (any, error) {
+	c, err := cache.Open(dir, maxBytes)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err)
+	}
+	switch op {
+	case "ls":
+		l, err := c.List()
+		if l == nil {
+			l = []cache.Entry{}
+		}
+		return map[string]any{"dir": c.Dir(), "entries": l}, err
+	case "du":
+		l, err := c.List()
+		return cacheUsage{Dir: c.Dir(), Bytes: c.Usage(), MaxBytes: c.MaxBytes(), Entries: len(l)}, err
+	case "prune":
+		return c.Prune()
+	case "clear":
+		return c.Clear()
+	}
+	return nil, fmt.Errorf("%w: ms_cache: unknown operation %q (ls, du, prune, clear)", stream.ErrInvalidRequest, op)
 }

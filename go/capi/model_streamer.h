@@ -194,6 +194,16 @@ int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t
                           const int64_t *offsets, const int64_t *sizes,
                           const ms_config *config, int64_t *handle,
                           char *err, size_t err_len);
+/* Manages the local cache in dir (what MODEL_STREAMER_CACHE_DIR names):
+ * op "ls" (the complete entries, least recently used first), "du" (bytes
+ * held and the limit), "prune" (evict least recently used entries down to
+ * the limit, remove what interrupted writes left) or "clear" (remove every
+ * entry). Entries a stream is reading are never removed. max_bytes is the
+ * limit (<= 0: MODEL_STREAMER_CACHE_MAX_BYTES's default). The result is
+ * JSON in a string the library allocates (*out_json, freed with
+ * ms_free()). */
+int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json,
+             char *err, size_t err_len);
 /* CDEF END */
 
 #ifdef __cplusplus

@@ -67,6 +67,13 @@ int ms_list(const char *uri, int32_t recursive, const ms_config *config, char **
     return msgo_list((char *)uri, recursive, (ms_config *)config, out_json, err, err_len);
 }
 
+int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json, char *err,
+             size_t err_len) {
+    if (out_json != NULL) *out_json = NULL;
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_cache((char *)op, (char *)dir, max_bytes, out_json, err, err_len);
+}
+
 void ms_free(char *p) {
     if (p != NULL) free(p);
 }

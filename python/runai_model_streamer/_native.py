@@ -350,6 +350,29 @@ def list_objects(uri: str, recursive: bool = False,
     return result
 
 
+def cache_manage(op: str, directory: str, max_bytes: int = 0) -> Dict[str, Any]:
+    """Runs a cache operation ("ls", "du", "prune", "clear") on the local
+    cache in directory (MODEL_STREAMER_CACHE_DIR) and returns its JSON
+    answer. max_bytes <= 0: the default limit."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache")
+    if fn is None:
+        raise RunaiStreamerInvalidInputException(
+            f"{directory}: this model-streamer library has no local cache (no ms_cache)"
+        )
+    out = ffi.new("char **")
+    err = ffi.new("char[]", ERR_BUF_LEN)
+    rc = fn(op.encode("utf-8"), os.fsencode(directory), int(max_bytes), out, err, ERR_BUF_LEN)
+    if rc != MS_OK:
+        raise error_for(rc, _message(ffi, err))
+    try:
+        text = ffi.string(out[0]).decode("utf-8") if out[0] != ffi.NULL else "{}"
+    finally:
+        if out[0] != ffi.NULL:
+            lib.ms_free(out[0])
+    return json.loads(text)
+
+
 def download(uri: str, path: str, *, concurrency: int = 0, chunk_bytes: int = 0,
              settings: Optional[Sequence[str]] = None) -> None:
     """Copies the object at uri to the local file path (atomically renamed
