@@ -187,4 +187,3 @@ func TestFullDiskDoesNotFailTheLoad(t *testing.T) {
 		})
 	}
 }
-
