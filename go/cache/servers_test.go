@@ -131,7 +131,10 @@ func load(ctx context.Context, o stream.Opener, uris ...string) ([]string, []str
 	if err != nil {
 		return nil, nil, err
 	}
-	defer s.Close()
+	defer func() {
+		s.Close()
+		_ = cache.Wait(ctx) // entries are completed in the background
+	}()
 	files := s.Files()
 	got := make([][][]byte, len(files))
 	for i, f := range files {

@@ -169,6 +169,8 @@ func (w *writer) fail(err error) {
 }
 
 // Close closes the store's object and completes or discards the entry.
+// Completing it (checking, fsync, rename) runs in the background: the
+// stream's Close does not wait for the disk. Wait waits for it.
 func (w *writer) Close() error {
 	err := w.Object.Close()
 	w.mu.Lock()
@@ -178,29 +180,56 @@ func (w *writer) Close() error {
 	}
 	w.closed = true
 	complete := !w.failed && w.total == w.e.size
-	failed := w.failed
 	w.mu.Unlock()
-	if complete {
-		if cerr := w.commit(); cerr != nil {
-			failed = true
-			w.o.stats.Failed.Add(1)
-			w.o.warn("%s: not cached: %v", w.e.uri, cerr)
-		}
-	}
-	if !complete || failed {
-		_ = os.Remove(w.tmp)
-	}
-	_ = w.f.Close()
-	if complete && !failed {
-		w.o.stats.Committed.Add(1)
-		// Over the limit now (other processes wrote meanwhile): make room,
-		// this entry included if no stream reads it.
-		w.lk.Close()
-		w.o.Cache.evict(0)
+	if !complete {
+		w.discard()
 		return err
 	}
-	w.lk.Close()
+	pending.Add(1)
+	go func() {
+		defer pending.Done()
+		if cerr := w.commit(); cerr != nil {
+			w.o.stats.Failed.Add(1)
+			w.o.warn("%s: not cached: %v", w.e.uri, cerr)
+			w.discard()
+			return
+		}
+		w.o.stats.Committed.Add(1)
+		_ = w.f.Close()
+		w.lk.Close()
+		// Over the limit now (other processes wrote meanwhile): make room,
+		// this entry included if no stream reads it.
+		w.o.Cache.evict(0)
+	}()
 	return err
+}
+
+// discard removes the temporary file and releases the entry.
+func (w *writer) discard() {
+	_ = os.Remove(w.tmp)
+	_ = w.f.Close()
+	w.lk.Close()
+}
+
+// pending counts entries being completed in the background.
+var pending sync.WaitGroup
+
+// Wait waits until every entry this process finished reading is complete
+// (checked, synced, renamed into place) or discarded, or ctx ends. A
+// process that exits without waiting leaves its last entries as temporary
+// files, which later loads ignore and Prune removes.
+func Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		pending.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // commit verifies the written bytes, makes them durable and renames them

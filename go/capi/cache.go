@@ -7,8 +7,10 @@ package main
 import "C"
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/model-streamer/model-streamer/go/cache"
 	"github.com/model-streamer/model-streamer/go/stream"
@@ -42,6 +44,21 @@ func msgo_cache(op, dir *C.char, maxBytes C.int64_t, out **C.char, errBuf *C.cha
 		return fail(errBuf, errLen, err)
 	}
 	*out = C.CString(string(b))
+	return C.MS_OK
+}
+
+//export msgo_cache_wait
+func msgo_cache_wait(timeoutMs C.int32_t) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	ctx := context.Background()
+	if timeoutMs >= 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(timeoutMs)*time.Millisecond)
+		defer cancel()
+	}
+	if cache.Wait(ctx) != nil {
+		return C.MS_ERR_TIMEOUT
+	}
 	return C.MS_OK
 }
 

@@ -204,6 +204,14 @@ int ms_stream_open_ranges(const char *const *uris, int32_t n_uris, const int32_t
  * ms_free()). */
 int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json,
              char *err, size_t err_len);
+
+/* Waits up to timeout_ms (< 0: forever) until the cache entries of closed
+ * streams are complete: checked, synced and renamed into place, which
+ * happens in the background so that closing a stream does not wait for the
+ * disk. Returns MS_OK, or MS_ERR_TIMEOUT. Call it before the process exits
+ * (the Python package does, at exit): entries still being completed then
+ * are left as temporary files, which no load uses. */
+int ms_cache_wait(int32_t timeout_ms);
 /* CDEF END */
 
 #ifdef __cplusplus

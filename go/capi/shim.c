@@ -74,6 +74,11 @@ int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json
     return msgo_cache((char *)op, (char *)dir, max_bytes, out_json, err, err_len);
 }
 
+int ms_cache_wait(int32_t timeout_ms) {
+    if (forked(NULL, 0)) return MS_ERR_FORKED;
+    return msgo_cache_wait(timeout_ms);
+}
+
 void ms_free(char *p) {
     if (p != NULL) free(p);
 }

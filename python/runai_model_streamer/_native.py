@@ -18,6 +18,7 @@ are skipped (the child's copy of that memory goes away with the child).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -242,7 +243,25 @@ def load() -> Tuple[cffi.FFI, Any]:
         _state.pid = os.getpid()
         _state.forked = False
         _state.lib = lib
+        atexit.register(_finish_cache_entries, lib, os.getpid())
         return ffi, lib
+
+
+# How long the interpreter's exit waits for the local cache's entries to be
+# synced and renamed into place (MODEL_STREAMER_CACHE_DIR).
+CACHE_EXIT_WAIT_MS = 600_000
+
+
+def _finish_cache_entries(lib: Any, pid: int) -> None:
+    """Lets the cache entries of this process's closed streams complete
+    (they are synced in the background, so closing a stream never waits for
+    the disk). An entry cut short stays a temporary file that no load uses."""
+    fn = _function(lib, "ms_cache_wait")
+    if fn is None or os.getpid() != pid:
+        return
+    if fn(CACHE_EXIT_WAIT_MS) == MS_ERR_TIMEOUT:
+        logger.warning("model-streamer: local cache entries still being written at exit were left "
+                       "incomplete (no later load uses them)")
 
 
 def version() -> str:
