@@ -252,6 +252,15 @@ def load() -> Tuple[cffi.FFI, Any]:
 CACHE_EXIT_WAIT_MS = 600_000
 
 
+def cache_wait(timeout_ms: int = -1) -> bool:
+    """Waits until the local cache entries of this process's closed streams
+    are complete (synced and renamed into place, in the background); False
+    when timeout_ms (>= 0) passed first."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache_wait")
+    return fn is None or fn(int(timeout_ms)) == MS_OK
+
+
 def _finish_cache_entries(lib: Any, pid: int) -> None:
     """Lets the cache entries of this process's closed streams complete
     (they are synced in the background, so closing a stream never waits for
