@@ -42,6 +42,9 @@ type Opener struct {
 	Warn func(msg string)
 
 	stats Stats
+	// local records, per URI, whether its last open was served from an
+	// entry (Tuning then gives the local file's defaults).
+	local sync.Map
 }
 
 // Stats counts what an Opener did with the objects it opened.
@@ -57,8 +60,12 @@ type Stats struct {
 func (o *Opener) Stats() *Stats { return &o.stats }
 
 // Tuning forwards the store's preferred read size and parallelism (the
-// engine asks its Opener; see stream.Config).
+// engine asks its Opener once the files are open; see stream.Config), or,
+// for a URI served from an entry, the local file's (none: the engine's).
 func (o *Opener) Tuning(uri string) (int, int64, bool) {
+	if hit, _ := o.local.Load(uri); hit == true {
+		return 0, 0, false
+	}
 	if t, ok := o.Inner.(interface {
 		Tuning(string) (int, int64, bool)
 	}); ok {
@@ -96,8 +103,10 @@ func (o *Opener) Open(ctx context.Context, uri string) (storage.Object, error) {
 		ns = o.Namespace(scheme)
 	}
 	e := o.Cache.entry(ns, uri, v.Version(), obj.Size())
+	o.local.Store(uri, false)
 	if local := o.hit(ctx, e); local != nil {
 		_ = obj.Close()
+		o.local.Store(uri, true)
 		return local, nil
 	}
 	if o.ReadOnly {
@@ -107,6 +116,7 @@ func (o *Opener) Open(ctx context.Context, uri string) (storage.Object, error) {
 	if hitNow {
 		if local := o.hit(ctx, e); local != nil {
 			_ = obj.Close()
+			o.local.Store(uri, true)
 			return local, nil
 		}
 		return obj, nil
