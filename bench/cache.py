@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,8 @@ def main() -> int:
     p.add_argument("--size", default="1GiB", help="checkpoint size (default 1GiB)")
     p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"))
     p.add_argument("--work-dir", default="/tmp", help="where MinIO's data, the cache and the local copy go")
+    p.add_argument("--reps", type=int, default=1,
+                   help="rounds of the six loads, in one run (medians are reported; default 1)")
     a = p.parse_args()
 
     servers = load_servers()
@@ -121,25 +124,34 @@ def main() -> int:
                 f"{out['commit_s']:.2f} s)")
             return out
 
-        results = {
-            "uncached": run("uncached", uri, env),
-            "first": run("first", uri, cached, lambda: shutil.rmtree(cache_dir, ignore_errors=True)),
-        }
-        if len(entries(cache_dir)) != 1:
-            raise SystemExit(f"the first load left {len(entries(cache_dir))} cache entries, not 1")
-        results["second hot"] = run("second hot", uri, cached, lambda: warm(entries(cache_dir)))
-        results["second cold"] = run("second cold", uri, cached, lambda: drop(entries(cache_dir)))
-        results["local hot"] = run("local hot", local, env, lambda: warm([local]))
-        results["local cold"] = run("local cold", local, env, lambda: drop([local]))
-        checks = {r["check"] for r in results.values()}
+        rounds = []
+        for rep in range(a.reps):
+            if a.reps > 1:
+                log(f"round {rep + 1} of {a.reps}")
+            r = {
+                "uncached": run("uncached", uri, env),
+                "first": run("first", uri, cached, lambda: shutil.rmtree(cache_dir, ignore_errors=True)),
+            }
+            if len(entries(cache_dir)) != 1:
+                raise SystemExit(f"the first load left {len(entries(cache_dir))} cache entries, not 1")
+            r["second hot"] = run("second hot", uri, cached, lambda: warm(entries(cache_dir)))
+            r["second cold"] = run("second cold", uri, cached, lambda: drop(entries(cache_dir)))
+            r["local hot"] = run("local hot", local, env, lambda: warm([local]))
+            r["local cold"] = run("local cold", local, env, lambda: drop([local]))
+            rounds.append(r)
+        checks = {r["check"] for rnd in rounds for r in rnd.values()}
         if len(checks) != 1:
             raise SystemExit(f"the loads delivered different bytes: {checks}")
+        results = {k: {f: statistics.median(rnd[k][f] for rnd in rounds) for f in ("gbps", "s", "commit_s")}
+                   for k in rounds[0]}
+        per_rep = {k: ", ".join(f"{rnd[k]['gbps']:.2f}" for rnd in rounds) for k in rounds[0]}
 
         g = {k: v["gbps"] for k, v in results.items()}
-        print(f"\nLocal cache: {fmt_bytes(parse_bytes(a.size))} checkpoint, MinIO on loopback, one run, "
-              "GB/s of tensor bytes (consumer reads every byte)")
+        print(f"\nLocal cache: {fmt_bytes(parse_bytes(a.size))} checkpoint, MinIO on loopback, one run of "
+              f"{a.reps} round(s), medians, GB/s of tensor bytes (consumer reads every byte)")
         for k, v in results.items():
-            print(f"  {k:12s} {v['gbps']:.2f}  ({v['s']:.2f} s; commit after the load {v['commit_s']:.2f} s)")
+            reps = f"; per round {per_rep[k]}" if a.reps > 1 else ""
+            print(f"  {k:12s} {v['gbps']:.2f}  ({v['s']:.2f} s; commit after the load {v['commit_s']:.2f} s{reps})")
         print(f"  first / uncached       {g['first'] / g['uncached']:.2f}   (target >= 0.9)")
         print(f"  second hot / local hot {g['second hot'] / g['local hot']:.2f}   (target >= 0.9)")
         print(f"  second cold / local cold {g['second cold'] / g['local cold']:.2f} (target >= 0.9)")

@@ -54,6 +54,9 @@ type Stats struct {
 	Committed atomic.Int64 // entries completed and renamed into place
 	Failed    atomic.Int64 // entries given up (write error, full disk, checksum)
 	Uncached  atomic.Int64 // read from the store alone (entry busy, no room)
+	// WriteNanos is the time readers spent writing through (pwrite and
+	// CRC), which the first load pays on top of reading.
+	WriteNanos atomic.Int64
 }
 
 // Stats returns the Opener's counters.

@@ -112,6 +112,8 @@ func (w *writer) write(p []byte, off int64) {
 	}
 	fresh := w.claim(off, off+int64(len(p)))
 	w.mu.Unlock()
+	start := time.Now()
+	defer func() { w.o.stats.WriteNanos.Add(int64(time.Since(start))) }()
 	for _, s := range fresh {
 		b := p[s.lo-off : s.hi-off]
 		if _, err := w.f.WriteAt(b, s.lo); err != nil {
