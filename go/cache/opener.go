@@ -184,11 +184,9 @@ func (o *Opener) startWrite(e entry, ns string, obj storage.Object) (_ *writer, 
 	if err == nil {
 		// Reserve the space now: a full disk shows here, before any byte
 		// is written, and the file is not fragmented by 32 writers.
-		if ferr := unix.Fallocate(int(f.Fd()), 0, 0, e.size); ferr != nil &&
-			!errors.Is(ferr, unix.EOPNOTSUPP) && !errors.Is(ferr, unix.ENOSYS) {
+		if err = allocate(f, e.size); err != nil {
 			f.Close()
 			_ = os.Remove(tmp)
-			err = &os.PathError{Op: "fallocate", Path: tmp, Err: ferr}
 		}
 	}
 	if err != nil {
