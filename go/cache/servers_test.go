@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -455,4 +456,119 @@ func child(reqJSON string) int {
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 	return 0
+}
+
+// A distributed load reads a share of each object from the store and gets
+// the rest from its peers: the share is written through, the peers' bytes
+// are contributed, and the header, which no share covers, is fetched when
+// the stream closes. The entry is then complete after one load, and the
+// next load reads it locally.
+func TestContributedBytesCompleteTheEntry(t *testing.T) {
+	data := model(t, 6<<20, 30)
+	wantSum := want(t, data)
+	for _, st := range stores(t) {
+		t.Run(st.name, func(t *testing.T) {
+			st.put(t, "dist.safetensors", data)
+			uri := st.uri("dist.safetensors")
+			dir := t.TempDir()
+			headerEnd := int64(8 + binary.LittleEndian.Uint64(data[:8]))
+			mid := headerEnd + (int64(len(data))-headerEnd)/2
+
+			before := st.proxy.BodyBytes()
+			o := newOpener(t, dir, 0, st, nil)
+			cfg := stream.DefaultConfig(o)
+			cfg.ChunkBytes = 1 << 20
+			s, err := stream.OpenRanges(ctxT(t), cfg, []stream.RangeRequest{
+				{URI: uri, Offsets: []int64{headerEnd}, Sizes: []int64{mid - headerEnd}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for {
+				batch, err := s.Next(ctxT(t), 0, -1)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, r := range batch {
+					r.Release()
+				}
+			}
+			// The peers' share, as a distributed load receives it.
+			for off := mid; off < int64(len(data)); off += 1 << 20 {
+				end := min(off+1<<20, int64(len(data)))
+				if !cache.Contribute(uri, off, data[off:end]) {
+					t.Fatalf("Contribute(%d): no entry being written took it", off)
+				}
+			}
+			s.Close()
+			if err := cache.Wait(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+			moved := st.proxy.BodyBytes() - before
+			if moved >= mid+(1<<20) {
+				t.Fatalf("moved %d bytes: more than the share and the header (%d)", moved, mid)
+			}
+			if o.Stats().Committed.Load() != 1 {
+				t.Fatalf("committed %d entries, want 1", o.Stats().Committed.Load())
+			}
+			if cache.Contribute(uri, 0, data[:1]) {
+				t.Fatal("Contribute took bytes after the entry was closed")
+			}
+			before = st.proxy.BodyBytes()
+			sums, _, err := load(ctxT(t), newOpener(t, dir, 0, st, nil), uri)
+			if err != nil || sums[0] != wantSum {
+				t.Fatalf("load from the entry: %v", err)
+			}
+			if moved := st.proxy.BodyBytes() - before; moved*50 >= int64(len(data)) {
+				t.Fatalf("the second load moved %d bytes", moved)
+			}
+		})
+	}
+}
+
+// Contributed bytes that are not the object's fail the entry's check: the
+// entry is discarded, never served.
+func TestWrongContributionIsDiscarded(t *testing.T) {
+	st := stores(t)[1] // fake-gcs: a CRC32C, checked by combining
+	data := model(t, 3<<20, 31)
+	st.put(t, "wrong.safetensors", data)
+	uri := st.uri("wrong.safetensors")
+	dir := t.TempDir()
+	var w warnings
+	o := newOpener(t, dir, 0, st, &w)
+	cfg := stream.DefaultConfig(o)
+	half := int64(len(data)) / 2
+	s, err := stream.OpenRanges(ctxT(t), cfg, []stream.RangeRequest{{URI: uri, Offsets: []int64{0}, Sizes: []int64{half}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		batch, err := s.Next(ctxT(t), 0, -1)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range batch {
+			r.Release()
+		}
+	}
+	bad := bytes.Clone(data[half:])
+	bad[100] ^= 1
+	if !cache.Contribute(uri, half, bad) {
+		t.Fatal("no entry being written")
+	}
+	s.Close()
+	if err := cache.Wait(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if e := entries(t, dir); len(e) != 0 || len(leftovers(t, dir)) != 0 {
+		t.Fatalf("entries %+v, leftovers %v after a corrupt contribution", e, leftovers(t, dir))
+	}
+	if msgs := w.all(); len(msgs) != 1 || !strings.Contains(msgs[0], "checksum mismatch") {
+		t.Fatalf("warnings %q", msgs)
+	}
 }

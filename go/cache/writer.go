@@ -71,6 +71,7 @@ func newWriter(o *Opener, e entry, ns string, obj storage.Object, l, f *os.File,
 		}
 	}
 	w.pieces = integrity.NewPieces(alg)
+	active.Store(e.uri, w)
 	return w
 }
 
@@ -112,6 +113,11 @@ func (w *writer) write(p []byte, off int64) {
 	}
 	fresh := w.claim(off, off+int64(len(p)))
 	w.mu.Unlock()
+	w.put(p, off, fresh)
+}
+
+// put writes the fresh spans of p (the bytes at off).
+func (w *writer) put(p []byte, off int64, fresh []span) {
 	start := time.Now()
 	defer func() { w.o.stats.WriteNanos.Add(int64(time.Since(start))) }()
 	for _, s := range fresh {
@@ -122,6 +128,49 @@ func (w *writer) write(p []byte, off int64) {
 		}
 		w.pieces.Add(s.lo, b)
 	}
+}
+
+// gaps returns the spans of the object no read covered (the caller holds mu).
+func (w *writer) gaps() []span {
+	var out []span
+	pos := int64(0)
+	for _, c := range w.covered {
+		if c.lo > pos {
+			out = append(out, span{pos, c.lo})
+		}
+		pos = max(pos, c.hi)
+	}
+	if pos < w.e.size {
+		out = append(out, span{pos, w.e.size})
+	}
+	return out
+}
+
+// maxFill is how much of an object the stream did not read that Close
+// still fetches from the store to complete the entry: the header, which a
+// distributed load's byte ranges never cover, or a small tensor left out.
+func maxFill(size int64) int64 { return min(64<<20, max(4<<20, size/32)) }
+
+// fill reads the gaps from the store and writes them.
+func (w *writer) fill(gaps []span) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for _, g := range gaps {
+		buf := make([]byte, g.hi-g.lo)
+		if _, err := storage.ReadRange(ctx, w.Object, buf, g.lo, g.hi-g.lo, storage.DefaultRetryPolicy, nil); err != nil {
+			return err
+		}
+		w.mu.Lock()
+		fresh := w.claim(g.lo, g.hi)
+		w.mu.Unlock()
+		w.put(buf, g.lo, fresh)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed {
+		return errors.New("a write failed")
+	}
+	return nil
 }
 
 // claim marks [lo, hi) covered and returns its parts not covered before.
@@ -170,29 +219,41 @@ func (w *writer) fail(err error) {
 	}
 }
 
-// Close closes the store's object and completes or discards the entry.
-// Completing it (checking, fsync, rename) runs in the background: the
-// stream's Close does not wait for the disk. Wait waits for it.
+// Close completes or discards the entry, and closes the store's object.
+// Completing it (fetching what the stream did not read, if little,
+// checking, fsync, rename) runs in the background: the stream's Close does
+// not wait for the store or the disk. Wait waits for it.
 func (w *writer) Close() error {
-	err := w.Object.Close()
+	active.CompareAndDelete(w.e.uri, w)
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
-		return err
+		return nil
 	}
 	w.closed = true
-	complete := !w.failed && w.total == w.e.size
+	failed := w.failed
+	gaps := w.gaps()
 	w.mu.Unlock()
-	if !complete {
+	var missing int64
+	for _, g := range gaps {
+		missing += g.hi - g.lo
+	}
+	if failed || missing > maxFill(w.e.size) {
+		err := w.Object.Close()
 		w.discard()
 		return err
 	}
 	pending.Add(1)
 	go func() {
 		defer pending.Done()
-		if cerr := w.commit(); cerr != nil {
+		err := w.fill(gaps)
+		_ = w.Object.Close()
+		if err == nil {
+			err = w.commit()
+		}
+		if err != nil {
 			w.o.stats.Failed.Add(1)
-			w.o.warn("%s: not cached: %v", w.e.uri, cerr)
+			w.o.warn("%s: not cached: %v", w.e.uri, err)
 			w.discard()
 			return
 		}
@@ -203,7 +264,28 @@ func (w *writer) Close() error {
 		// this entry included if no stream reads it.
 		w.o.Cache.evict(0)
 	}()
-	return err
+	return nil
+}
+
+// active holds this process's writers by URI, for Contribute.
+var active sync.Map
+
+// Contribute writes p, the bytes at off of the object uri, to the entry
+// this process is writing for it, if any, and reports whether one took
+// them. A distributed load reads only its share of each object from the
+// store; the bytes the other processes send it are contributed this way,
+// so that the node's entry is complete after one load.
+func Contribute(uri string, off int64, p []byte) bool {
+	v, ok := active.Load(uri)
+	if !ok {
+		return false
+	}
+	w := v.(*writer)
+	if off < 0 || off+int64(len(p)) > w.e.size {
+		return false
+	}
+	w.write(p, off)
+	return true
 }
 
 // discard removes the temporary file and releases the entry.

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+	"unsafe"
 
 	"github.com/model-streamer/model-streamer/go/cache"
 	"github.com/model-streamer/model-streamer/go/stream"
@@ -60,6 +61,21 @@ func msgo_cache_wait(timeoutMs C.int32_t) (rc C.int) {
 		return C.MS_ERR_TIMEOUT
 	}
 	return C.MS_OK
+}
+
+//export msgo_cache_contribute
+func msgo_cache_contribute(uri *C.char, offset C.int64_t, data unsafe.Pointer, n C.int64_t) (rc C.int) {
+	defer guard(&rc, nil, 0)
+	if uri == nil || (data == nil && n > 0) || n < 0 || offset < 0 {
+		return C.MS_ERR_INVALID_ARGUMENT
+	}
+	if n == 0 {
+		return 0
+	}
+	if cache.Contribute(C.GoString(uri), int64(offset), unsafe.Slice((*byte)(data), int(n))) {
+		return 1
+	}
+	return 0
 }
 
 // cacheUsage is the answer to "du".

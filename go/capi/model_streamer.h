@@ -212,6 +212,14 @@ int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json
  * (the Python package does, at exit): entries still being completed then
  * are left as temporary files, which no load uses. */
 int ms_cache_wait(int32_t timeout_ms);
+
+/* Hands len bytes at data, the bytes at offset of the object uri, to the
+ * cache entry this process is writing for it (a distributed load reads a
+ * share of each object and receives the rest from its peers). Returns 1 if
+ * an entry being written took them, 0 if none is (nothing to do), or a
+ * negative error code. The bytes are written before it returns; data is
+ * only borrowed. */
+int ms_cache_contribute(const char *uri, int64_t offset, const void *data, int64_t len);
 /* CDEF END */
 
 #ifdef __cplusplus

@@ -79,6 +79,11 @@ int ms_cache_wait(int32_t timeout_ms) {
     return msgo_cache_wait(timeout_ms);
 }
 
+int ms_cache_contribute(const char *uri, int64_t offset, const void *data, int64_t len) {
+    if (forked(NULL, 0)) return MS_ERR_FORKED;
+    return msgo_cache_contribute((char *)uri, offset, (void *)data, len);
+}
+
 void ms_free(char *p) {
     if (p != NULL) free(p);
 }

@@ -261,6 +261,20 @@ def cache_wait(timeout_ms: int = -1) -> bool:
     return fn is None or fn(int(timeout_ms)) == MS_OK
 
 
+def cache_contribute(uri: str, offset: int, address: int, nbytes: int) -> bool:
+    """Hands nbytes at address (host memory), the bytes at offset of the
+    object uri, to the local cache entry this process is writing for it;
+    False when it writes none (no cache, or another process writes it)."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache_contribute")
+    if fn is None:
+        return False
+    rc = fn(uri.encode("utf-8"), int(offset), ffi.cast("void *", address), int(nbytes))
+    if rc < 0:
+        raise error_for(rc, f"{uri}: ms_cache_contribute failed")
+    return rc == 1
+
+
 def _finish_cache_entries(lib: Any, pid: int) -> None:
     """Lets the cache entries of this process's closed streams complete
     (they are synced in the background, so closing a stream never waits for
