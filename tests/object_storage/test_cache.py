@@ -102,3 +102,18 @@ def test_cache_command_needs_a_directory(monkeypatch, capsys):
     monkeypatch.delenv("MODEL_STREAMER_CACHE_DIR", raising=False)
     assert cli(["cache", "ls"]) == 1
     assert "MODEL_STREAMER_CACHE_DIR" in capsys.readouterr().err
+
+
+def test_stream_command_cache_dir(store, checkpoint, tmp_path, monkeypatch, capsys):
+    """`model-streamer stream --cache-dir DIR` writes entries there; a second
+    run reads them (the metadata's read strategy is a local file's)."""
+    uris = store.upload(checkpoint[:2])
+    cache_dir = tmp_path / "cli-cache"
+    monkeypatch.setenv("MODEL_STREAMER_CACHE_DIR", "")  # restored after the CLI sets it
+    assert cli(["stream", *uris, "--cache-dir", str(cache_dir), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["files"] == 2
+    assert _native.cache_wait(TIMEOUT * 1000)
+    listing = _cli_json(capsys, "cache", "ls", "--cache-dir", str(cache_dir))
+    assert sorted(e["uri"] for e in listing["entries"]) == sorted(uris)
+    assert all(_strategies(uris, store.scheme))
