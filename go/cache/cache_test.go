@@ -1,8 +1,12 @@
 package cache
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestClaim(t *testing.T) {
@@ -72,5 +76,39 @@ func TestParseMaxBytes(t *testing.T) {
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseMaxBytes(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
 		}
+	}
+}
+
+// Prune removes what dead writers left (temporary files, lone metadata and
+// lock files), but never the temporary file of a live writer, whose lock
+// is held.
+func TestPruneSweepsDeadWritesOnly(t *testing.T) {
+	c, err := Open(t.TempDir(), 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := c.entry("ns", "s3://b/dead", "etag=1", 10)
+	live := c.entry("ns", "s3://b/live", "etag=1", 10)
+	lone := c.entry("ns", "s3://b/lone", "etag=1", 10)
+	for _, p := range []string{dead.base + tmpInfix + "1.a", live.base + tmpInfix + "2.b", lone.meta()} {
+		if err := os.WriteFile(p, []byte("0123456789"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held, err := lock(live.lock(), unix.LOCK_EX) // a live writer
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { held.Close() })
+	r, err := c.Prune()
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(c.Dir(), "*"))
+	slices.Sort(left)
+	want := []string{live.lock(), live.base + tmpInfix + "2.b"}
+	slices.Sort(want)
+	if r.Partial != 1 || !slices.Equal(left, want) {
+		t.Fatalf("prune: %+v, left %v, want %v", r, left, want)
 	}
 }
