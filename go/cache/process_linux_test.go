@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -185,5 +186,31 @@ func TestFullDiskDoesNotFailTheLoad(t *testing.T) {
 				t.Fatalf("entries %+v, leftovers %v", e, leftovers(t, dir))
 			}
 		})
+	}
+}
+
+// A disk that fills up after the entry's space was allocated (here: the
+// allocation takes the last page, and the entry's metadata finds none)
+// fails the entry when it completes, in the background: the load itself
+// was already done, and no entry nor temporary file is left.
+func TestDiskFullAtCommit(t *testing.T) {
+	st := stores(t)[0]
+	data := model(t, 3<<20, 23)
+	wantSum := want(t, data)
+	st.put(t, "fullcommit.safetensors", data)
+	pages := (int64(len(data)) + 4095) / 4096
+	small := tmpfs(t, fmt.Sprint(pages*4096))
+	var w warnings
+	o := newOpener(t, small, 1<<30, st, &w)
+	sums, _, err := load(ctxT(t), o, st.uri("fullcommit.safetensors"))
+	if err != nil || sums[0] != wantSum {
+		t.Fatalf("load: %v", err)
+	}
+	msgs := w.all()
+	if len(msgs) != 1 || !strings.Contains(msgs[0], "no space left on device") || o.Stats().Writes.Load() != 1 {
+		t.Fatalf("warnings %q (writes %d): want one ENOSPC after the entry was written", msgs, o.Stats().Writes.Load())
+	}
+	if e := entries(t, small); len(e) != 0 || len(leftovers(t, small)) != 0 {
+		t.Fatalf("entries %+v, leftovers %v", e, leftovers(t, small))
 	}
 }
