@@ -107,6 +107,14 @@ func (o *Opener) Open(ctx context.Context, uri string) (storage.Object, error) {
 	}
 	e := o.Cache.entry(ns, uri, v.Version(), obj.Size())
 	o.local.Store(uri, false)
+	if done, ok := completing.Load(e.base); ok {
+		// This process wrote the entry and is completing it: the wait is
+		// for an fsync, and then the entry is local.
+		select {
+		case <-done.(chan struct{}):
+		case <-ctx.Done():
+		}
+	}
 	if local := o.hit(ctx, e); local != nil {
 		_ = obj.Close()
 		o.local.Store(uri, true)

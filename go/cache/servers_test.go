@@ -572,3 +572,40 @@ func TestWrongContributionIsDiscarded(t *testing.T) {
 		t.Fatalf("warnings %q", msgs)
 	}
 }
+
+// A stream opening an entry this process is still completing (its fsync
+// runs after the writing stream closed) waits for it and reads it locally.
+func TestReopenWhileCompleting(t *testing.T) {
+	st := stores(t)[0]
+	data := model(t, 8<<20, 32)
+	wantSum := want(t, data)
+	st.put(t, "reopen.safetensors", data)
+	uri := st.uri("reopen.safetensors")
+	o := newOpener(t, t.TempDir(), 0, st, nil)
+	cfg := stream.DefaultConfig(o)
+	s, err := stream.Open(ctxT(t), cfg, []string{uri}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		batch, err := s.Next(ctxT(t), 0, -1)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range batch {
+			r.Release()
+		}
+	}
+	s.Close() // the entry completes in the background; no Wait
+	before := st.proxy.BodyBytes()
+	sums, _, err := load(ctxT(t), o, uri)
+	if err != nil || sums[0] != wantSum {
+		t.Fatalf("reload: %v", err)
+	}
+	if moved := st.proxy.BodyBytes() - before; moved*50 >= int64(len(data)) || o.Stats().Hits.Load() != 1 {
+		t.Fatalf("reload right after close: %d bytes over the wire, %d hits", moved, o.Stats().Hits.Load())
+	}
+}

@@ -245,8 +245,14 @@ func (w *writer) Close() error {
 		return err
 	}
 	pending.Add(1)
+	done := make(chan struct{})
+	completing.Store(w.e.base, done)
 	go func() {
 		defer pending.Done()
+		defer func() {
+			completing.Delete(w.e.base)
+			close(done)
+		}()
 		err := w.fill(gaps)
 		_ = w.Object.Close()
 		if err == nil {
@@ -296,8 +302,14 @@ func (w *writer) discard() {
 	w.lk.Close()
 }
 
-// pending counts entries being completed in the background.
-var pending sync.WaitGroup
+// pending counts entries being completed in the background; completing
+// holds, by entry, a channel closed when its completion ends (a stream of
+// this process opening the entry meanwhile waits for it rather than read
+// the store).
+var (
+	pending    sync.WaitGroup
+	completing sync.Map
+)
 
 // Wait waits until every entry this process finished reading is complete
 // (checked, synced, renamed into place) or discarded, or ctx ends. A
