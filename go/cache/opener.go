@@ -202,7 +202,7 @@ func (o *Opener) startWrite(e entry, ns string, obj storage.Object) (_ *writer, 
 		o.warn("%s: not cached: %v", e.uri, err)
 		return nil, false
 	}
-	return newWriter(o, e, ns, obj, l, f, tmp), false
+	return newWriter(o, e, obj, l, f, tmp), false
 }
 
 // replaceOthers removes the entries of e's URI at other versions (the

@@ -32,14 +32,14 @@ func randomID() uint64 {
 // out after its readers return, so the write costs the tensors a memory
 // copy into the page cache, never a second fetch.
 //
-// Close completes the entry when the reads covered the whole object and the
-// bytes check out, and discards it otherwise.
+// Close completes the entry when the reads (and contributed bytes) covered
+// the object, or all but a little that it fetches then, and the bytes check
+// out; it discards the entry otherwise.
 type writer struct {
 	storage.Object // the store's object
 	o              *Opener
 	e              entry
-	ns             string
-	lk             *os.File // e's lock, held exclusively until Close
+	lk             *os.File // e's lock, held exclusively until the entry is complete or discarded
 	f              *os.File
 	tmp            string
 
@@ -60,8 +60,8 @@ type writer struct {
 
 type span struct{ lo, hi int64 }
 
-func newWriter(o *Opener, e entry, ns string, obj storage.Object, l, f *os.File, tmp string) *writer {
-	w := &writer{Object: obj, o: o, e: e, ns: ns, lk: l, f: f, tmp: tmp}
+func newWriter(o *Opener, e entry, obj storage.Object, l, f *os.File, tmp string) *writer {
+	w := &writer{Object: obj, o: o, e: e, lk: l, f: f, tmp: tmp}
 	alg := ownCRC
 	if c, _, ok := integrity.Want(obj); ok {
 		switch {
