@@ -132,7 +132,11 @@ func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.i
 	if err != nil {
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
-	cfg := stream.DefaultConfig(req.registry())
+	opener, err := req.opener(false)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	cfg := stream.DefaultConfig(opener)
 	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
 	cfg.Verify = req.verify
 	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
@@ -191,7 +195,11 @@ func msgo_stream_open_ranges(uris **C.char, nURIs C.int32_t, nRanges *C.int32_t,
 	if err != nil {
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
-	cfg := stream.DefaultConfig(req.registry())
+	opener, err := req.opener(false)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	cfg := stream.DefaultConfig(opener)
 	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
 	cfg.Verify = req.verify
 	s, err := stream.OpenRanges(context.Background(), cfg, reqs)
@@ -480,7 +488,11 @@ func msgo_read_headers(uris **C.char, nURIs C.int32_t, config *cConfig, out **C.
 	if err != nil {
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
-	cfg := stream.DefaultConfig(req.registry())
+	opener, err := req.opener(true)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	cfg := stream.DefaultConfig(opener)
 	cfg.Concurrency, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.chunkBytes, req.retry
 	files, err := stream.ReadHeaders(context.Background(), cfg, cStrings(uris, nURIs))
 	if err != nil {

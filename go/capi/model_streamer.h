@@ -221,6 +221,33 @@ int ms_stream_checksums(int64_t handle, char **out_json, char *err, size_t err_l
  * request on object storage, a temporary file renamed into place locally. */
 int ms_put(const char *uri, const void *data, uint64_t len, const ms_config *config,
            char *err, size_t err_len);
+
+/* Manages the local cache in dir (what MODEL_STREAMER_CACHE_DIR names):
+ * op "ls" (the complete entries, least recently used first), "du" (bytes
+ * held and the limit), "prune" (evict least recently used entries down to
+ * the limit, remove what interrupted writes left) or "clear" (remove every
+ * entry). Entries a stream is reading are never removed. max_bytes is the
+ * limit (<= 0: MODEL_STREAMER_CACHE_MAX_BYTES's default). The result is
+ * JSON in a string the library allocates (*out_json, freed with
+ * ms_free()). */
+int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json,
+             char *err, size_t err_len);
+
+/* Waits up to timeout_ms (< 0: forever) until the cache entries of closed
+ * streams are complete: checked, synced and renamed into place, which
+ * happens in the background so that closing a stream does not wait for the
+ * disk. Returns MS_OK, or MS_ERR_TIMEOUT. Call it before the process exits
+ * (the Python package does, at exit): entries still being completed then
+ * are left as temporary files, which no load uses. */
+int ms_cache_wait(int32_t timeout_ms);
+
+/* Hands len bytes at data, the bytes at offset of the object uri, to the
+ * cache entry this process is writing for it (a distributed load reads a
+ * share of each object and receives the rest from its peers). Returns 1 if
+ * an entry being written took them, 0 if none is (nothing to do), or a
+ * negative error code. The bytes are written before it returns; data is
+ * only borrowed. */
+int ms_cache_contribute(const char *uri, int64_t offset, const void *data, int64_t len);
 /* CDEF END */
 
 #ifdef __cplusplus

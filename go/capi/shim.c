@@ -67,6 +67,23 @@ int ms_list(const char *uri, int32_t recursive, const ms_config *config, char **
     return msgo_list((char *)uri, recursive, (ms_config *)config, out_json, err, err_len);
 }
 
+int ms_cache(const char *op, const char *dir, int64_t max_bytes, char **out_json, char *err,
+             size_t err_len) {
+    if (out_json != NULL) *out_json = NULL;
+    if (forked(err, err_len)) return MS_ERR_FORKED;
+    return msgo_cache((char *)op, (char *)dir, max_bytes, out_json, err, err_len);
+}
+
+int ms_cache_wait(int32_t timeout_ms) {
+    if (forked(NULL, 0)) return MS_ERR_FORKED;
+    return msgo_cache_wait(timeout_ms);
+}
+
+int ms_cache_contribute(const char *uri, int64_t offset, const void *data, int64_t len) {
+    if (forked(NULL, 0)) return MS_ERR_FORKED;
+    return msgo_cache_contribute((char *)uri, offset, (void *)data, len);
+}
+
 void ms_free(char *p) {
     if (p != NULL) free(p);
 }

@@ -18,6 +18,7 @@ are skipped (the child's copy of that memory goes away with the child).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -242,7 +243,48 @@ def load() -> Tuple[cffi.FFI, Any]:
         _state.pid = os.getpid()
         _state.forked = False
         _state.lib = lib
+        atexit.register(_finish_cache_entries, lib, os.getpid())
         return ffi, lib
+
+
+# How long the interpreter's exit waits for the local cache's entries to be
+# synced and renamed into place (MODEL_STREAMER_CACHE_DIR).
+CACHE_EXIT_WAIT_MS = 600_000
+
+
+def cache_wait(timeout_ms: int = -1) -> bool:
+    """Waits until the local cache entries of this process's closed streams
+    are complete (synced and renamed into place, in the background); False
+    when timeout_ms (>= 0) passed first."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache_wait")
+    return fn is None or fn(int(timeout_ms)) == MS_OK
+
+
+def cache_contribute(uri: str, offset: int, address: int, nbytes: int) -> bool:
+    """Hands nbytes at address (host memory), the bytes at offset of the
+    object uri, to the local cache entry this process is writing for it;
+    False when it writes none (no cache, or another process writes it)."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache_contribute")
+    if fn is None:
+        return False
+    rc = fn(uri.encode("utf-8"), int(offset), ffi.cast("void *", address), int(nbytes))
+    if rc < 0:
+        raise error_for(rc, f"{uri}: ms_cache_contribute failed")
+    return rc == 1
+
+
+def _finish_cache_entries(lib: Any, pid: int) -> None:
+    """Lets the cache entries of this process's closed streams complete
+    (they are synced in the background, so closing a stream never waits for
+    the disk). An entry cut short stays a temporary file that no load uses."""
+    fn = _function(lib, "ms_cache_wait")
+    if fn is None or os.getpid() != pid:
+        return
+    if fn(CACHE_EXIT_WAIT_MS) == MS_ERR_TIMEOUT:
+        logger.warning("model-streamer: local cache entries still being written at exit were left "
+                       "incomplete (no later load uses them)")
 
 
 def version() -> str:
@@ -348,6 +390,29 @@ def list_objects(uri: str, recursive: bool = False,
     for o in json.loads(text).get("objects") or []:
         result.append((o.get("uri", o.get("URI")), int(o.get("size", o.get("Size", 0)))))
     return result
+
+
+def cache_manage(op: str, directory: str, max_bytes: int = 0) -> Dict[str, Any]:
+    """Runs a cache operation ("ls", "du", "prune", "clear") on the local
+    cache in directory (MODEL_STREAMER_CACHE_DIR) and returns its JSON
+    answer. max_bytes <= 0: the default limit."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache")
+    if fn is None:
+        raise RunaiStreamerInvalidInputException(
+            f"{directory}: this model-streamer library has no local cache (no ms_cache)"
+        )
+    out = ffi.new("char **")
+    err = ffi.new("char[]", ERR_BUF_LEN)
+    rc = fn(op.encode("utf-8"), os.fsencode(directory), int(max_bytes), out, err, ERR_BUF_LEN)
+    if rc != MS_OK:
+        raise error_for(rc, _message(ffi, err))
+    try:
+        text = ffi.string(out[0]).decode("utf-8") if out[0] != ffi.NULL else "{}"
+    finally:
+        if out[0] != ffi.NULL:
+            lib.ms_free(out[0])
+    return json.loads(text)
 
 
 def download(uri: str, path: str, *, concurrency: int = 0, chunk_bytes: int = 0,

@@ -7,6 +7,7 @@
   model-streamer pull URI DIR [--allow PATTERN ...] [--ignore PATTERN ...]
   model-streamer checksum PATH|URI... [--json]
   model-streamer verify PATH|URI... [--json]
+  model-streamer cache ls|du|prune|clear [--cache-dir DIR] [--max-bytes N] [--json]
   model-streamer version
 """
 
@@ -29,6 +30,9 @@ from runai_model_streamer.config import (
     READ_MODES,
 )
 from runai_model_streamer.exceptions import RunaiStreamerError
+
+CACHE_DIR_ENV = "MODEL_STREAMER_CACHE_DIR"
+CACHE_MAX_BYTES_ENV = "MODEL_STREAMER_CACHE_MAX_BYTES"
 
 
 class Progress:
@@ -198,6 +202,10 @@ def _apply_settings(args: argparse.Namespace) -> None:
         os.environ[CHUNK_BYTESIZE_ENV] = str(args.chunk_bytes)
     if getattr(args, "read_mode", None) is not None:
         os.environ[READ_MODE_ENV] = args.read_mode
+    if getattr(args, "cache_dir", None) is not None:
+        os.environ[CACHE_DIR_ENV] = args.cache_dir
+    if getattr(args, "cache_max_bytes", None) is not None:
+        os.environ[CACHE_MAX_BYTES_ENV] = str(args.cache_max_bytes)
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -576,6 +584,57 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_text(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _parse_bytes(text: str) -> int:
+    """A byte count with an optional K, M, G or T suffix (powers of 1024)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if t and t[-1] in "KMGT":
+        scale = 1 << (10 * ("KMGT".index(t[-1]) + 1))
+        t = t[:-1]
+    try:
+        value = int(t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes, e.g. 500G") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected bytes >= 0")
+    return value * scale
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Shows and manages the local cache (MODEL_STREAMER_CACHE_DIR)."""
+    from runai_model_streamer import _native
+
+    directory = args.cache_dir or os.environ.get(CACHE_DIR_ENV)
+    if not directory:
+        raise RunaiStreamerError(f"no cache directory: give --cache-dir or set {CACHE_DIR_ENV}")
+    max_bytes = args.max_bytes
+    if max_bytes is None:
+        max_bytes = _parse_bytes(os.environ.get(CACHE_MAX_BYTES_ENV) or "0")
+    result = _native.cache_manage(args.action, directory, max_bytes)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if args.action == "ls":
+        for e in result.get("entries") or []:
+            used = " (in use)" if e.get("in_use") else ""
+            print(f"{_size_text(int(e['size'])):>10}  {e.get('last_used', '')[:19]}  {e.get('uri', e['name'])}{used}")
+    elif args.action == "du":
+        print(f"{_size_text(result['bytes'])} in {result['entries']} entries "
+              f"(limit {_size_text(result['max_bytes'])}) in {result['dir']}")
+    else:
+        kept = f", {result['entries_in_use']} in use kept" if result.get("entries_in_use") else ""
+        print(f"removed {result['entries']} entries and {result['partial']} partial writes, "
+              f"freed {_size_text(result['bytes_freed'])}{kept}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -602,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"bytes per read (sets {CHUNK_BYTESIZE_ENV})")
         p.add_argument("--read-mode", choices=sorted(READ_MODES),
                        help=f"how local files are read (sets {READ_MODE_ENV}; default auto)")
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help=f"keep a local copy of object-store files in DIR and read it on "
+                            f"later loads (sets {CACHE_DIR_ENV})")
+        p.add_argument("--cache-max-bytes", type=_parse_bytes, metavar="N",
+                       help=f"the cache's size limit, e.g. 500G (sets {CACHE_MAX_BYTES_ENV}; "
+                            "default: half of what the cache holds plus the free space)")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="show a progress bar on stderr even when it is not a terminal")
@@ -677,6 +742,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "store's checksums; exit status 1 if any fails")
     quiet_settings(p)
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("cache", help="show or manage the local cache of object-store files")
+    p.add_argument("action", choices=["ls", "du", "prune", "clear"],
+                   help="ls: entries, least recently used first; du: bytes held and the limit; "
+                        "prune: evict down to the limit and remove interrupted writes; "
+                        "clear: remove every entry (entries being read are kept)")
+    p.add_argument("--cache-dir", metavar="DIR", help=f"the cache (default: ${CACHE_DIR_ENV})")
+    p.add_argument("--max-bytes", type=_parse_bytes, metavar="N",
+                   help=f"the limit prune keeps under (default: ${CACHE_MAX_BYTES_ENV}, else half of "
+                        "what the cache holds plus the free space)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("version", help="print the package and library versions")
     p.set_defaults(func=cmd_version)

@@ -290,6 +290,11 @@ def worker(rank, spec):
                 f.write(json.dumps(res) + "\n")
         if dist.is_initialized():
             dist.destroy_process_group()
+        # os._exit skips the atexit hook that lets local cache entries
+        # complete (MODEL_STREAMER_CACHE_DIR): wait for them here.
+        from runai_model_streamer import _native
+        if _native._state.lib is not None:
+            _native.cache_wait(60_000)
     except BaseException:  # noqa: BLE001
         with open(out, "a") as f:
             f.write(json.dumps({"name": "__worker__", "rank": rank,

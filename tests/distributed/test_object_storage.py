@@ -151,3 +151,52 @@ def test_http_two_processes(nginx, checkpoints, tmp_path):
         assert_read_once(results, tensor_bytes_total(checkpoints["mixed"]), [[0, 1]])
     local = [dict(request, path=str(checkpoints["mixed"][0]))]
     assert_every_chunk(run.of("ranges"), chunk_digests(local))
+
+
+def test_minio_cache_fills_in_one_distributed_load(minio, checkpoints, tmp_path):
+    """Each process reads its share; the one writing a file's cache entry
+    (MODEL_STREAMER_CACHE_DIR) also writes what its peer sends it, and the
+    header is fetched when its stream closes: after one distributed load
+    every file has a complete entry, which the next load reads."""
+    from object_storage import servers
+
+    # A 32 MiB file of eight tensors: each process reads about half of it,
+    # far more than the cache fetches itself at close (the header, small
+    # gaps), so only the peer's bytes complete its entry.
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(11)
+    halves = tmp_path / "halves.safetensors"
+    save_file({f"h.{i}": torch.randint(0, 255, (4 << 20,), dtype=torch.uint8, generator=g)
+               for i in range(8)}, str(halves))
+    files = checkpoints["mixed"] + [halves]
+    uris = [servers.minio_put_object(minio, "dist", f"cached/{p.name}", p.read_bytes())
+            for p in files]
+    cache_dir = tmp_path / "cache"
+    env = {
+        "AWS_ENDPOINT_URL": minio["endpoint"],
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
+        "AWS_ACCESS_KEY_ID": minio["access_key"],
+        "AWS_SECRET_ACCESS_KEY": minio["secret_key"],
+        "AWS_REGION": minio["region"],
+        "RUNAI_STREAMER_DIST_TIMEOUT": "60",
+        "RUNAI_STREAMER_DIST": "1",
+        "MODEL_STREAMER_CACHE_DIR": str(cache_dir),
+    }
+    expected = expected_digests(files)
+    first = launch(tmp_path / "first", 2, [{"name": "first", "paths": uris, "env": env}])
+    results = first.of("first")
+    assert_every_tensor(results, expected)
+    if not _has_read_headers():
+        pytest.skip("this library falls back to non-distributed loads")
+    assert all(r["distributed"] for r in results.values())
+    assert_read_once(results, tensor_bytes_total(files), [[0, 1]])
+    listing = _native.cache_manage("ls", str(cache_dir))
+    assert sorted(e["uri"] for e in listing["entries"]) == sorted(uris)
+    sizes = {u: p.stat().st_size for u, p in zip(uris, files)}
+    assert all(e["size"] == sizes[e["uri"]] for e in listing["entries"])
+
+    again = launch(tmp_path / "again", 2, [{"name": "again", "paths": uris, "env": env}])
+    assert_every_tensor(again.of("again"), expected)

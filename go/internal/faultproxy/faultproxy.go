@@ -29,6 +29,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -122,6 +123,9 @@ type Proxy struct {
 	left     [4]int // remaining status, reset, stall, flip injections; <0 unlimited
 	requests int
 	injected int
+
+	// bodyBytes counts the response-body bytes sent to clients (BodyBytes).
+	bodyBytes atomic.Int64
 }
 
 const (
@@ -218,6 +222,10 @@ func (p *Proxy) Stats() (requests, faultsInjected int) {
 	defer p.mu.Unlock()
 	return p.requests, p.injected
 }
+
+// BodyBytes returns how many response-body bytes the proxy has passed to
+// its clients: what crossed the "wire" (headers and requests not counted).
+func (p *Proxy) BodyBytes() int64 { return p.bodyBytes.Load() }
 
 // Close stops the proxy: it ends stalls, lets responses in flight finish
 // for up to CloseGrace, then closes every connection. Later calls do nothing.
@@ -463,6 +471,7 @@ func (p *Proxy) copyBody(w http.ResponseWriter, r *http.Request, body io.Reader,
 				return
 			}
 			sent += int64(n)
+			p.bodyBytes.Add(int64(n))
 		}
 		if err != nil {
 			if !errors.Is(err, io.EOF) {

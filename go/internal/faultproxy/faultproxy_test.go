@@ -166,6 +166,11 @@ func TestForwardsFaithfully(t *testing.T) {
 		t.Errorf("chunked GET: %v, %d bytes", r.err, len(r.body))
 	}
 	stats(t, p, 6, 0)
+	// Bodies passed on: the ranged GET, the two echoes (one with the sniff
+	// body), the chunked GET; HEAD has none.
+	if want := int64(300001 - 1000 + len("<html>sniff me</html>") + len(big) + len(object)); p.BodyBytes() != want {
+		t.Errorf("BodyBytes = %d, want %d", p.BodyBytes(), want)
+	}
 }
 
 func TestStatus(t *testing.T) {

@@ -38,7 +38,7 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if attrs.Generation > 0 {
 		h = h.Generation(attrs.Generation)
 	}
-	return &object{uri: uri, h: h, size: attrs.Size, stall: b.stall, sums: checksumsOf(attrs)}, nil
+	return &object{uri: uri, h: h, size: attrs.Size, stall: b.stall, sums: checksumsOf(attrs), generation: attrs.Generation}, nil
 }
 
 type object struct {
@@ -47,6 +47,8 @@ type object struct {
 	size  int64
 	stall time.Duration
 	sums  []storage.Checksum
+	// generation is the content Open saw (see Version).
+	generation int64
 }
 
 var _ storage.Checksummed = (*object)(nil)

@@ -33,9 +33,11 @@ type object struct {
 	key    string
 	size   int64
 	etag   *string
-	closed atomic.Bool
-	sums   []storage.Checksum
-	noSum  string // why sums is empty
+	// versionID is the version HeadObject reported on a versioned bucket.
+	versionID string
+	closed    atomic.Bool
+	sums      []storage.Checksum
+	noSum     string // why sums is empty
 }
 
 var (
@@ -70,6 +72,7 @@ func (b *backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if out.ETag != nil && *out.ETag != "" {
 		o.etag = aws.String(*out.ETag)
 	}
+	o.versionID = aws.ToString(out.VersionId)
 	o.sums, o.noSum = checksumsOf(out)
 	return o, nil
 }

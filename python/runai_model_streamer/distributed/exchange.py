@@ -605,7 +605,21 @@ class DistributedStream:
             buf = self._staging("recv", total)
         self._broadcast(buf, src)
         self.bytes_received += total
+        if buf.device.type == "cpu":
+            self._contribute(buf, gids, offsets)
         yield from self._slices(buf, gids, offsets, single)
+
+    def _contribute(self, buf: torch.Tensor, gids: List[int], offsets: List[int]) -> None:
+        """Hands the received ranges to the local cache entries this process
+        writes (MODEL_STREAMER_CACHE_DIR): it read only its share of each
+        object, and the entry needs every byte. A no-op without a cache, or
+        where another process of the node writes the entry. Host memory only:
+        bytes received on a device would need a copy back first."""
+        base = buf.data_ptr()
+        for g, off in zip(gids, offsets):
+            fi, begin, end = self.plan.spans[g]
+            if end > begin:
+                _native.cache_contribute(self.ranges.paths[fi], begin, base + off, end - begin)
 
     def _slices(self, buf: torch.Tensor, gids: List[int], offsets: List[int],
                 single: bool) -> Iterator[Tuple[Any, torch.Tensor]]:
