@@ -68,8 +68,8 @@ def test_python_helpers_without_torch(tmp_path):
     assert f"dir {src}" in out
 
 
-def test_cli_checksum_and_verify_without_torch(tmp_path):
-    """The integrity commands only hash bytes: no torch, no numpy."""
+def test_cli_checksum_verify_and_cache_without_torch(tmp_path):
+    """The integrity and cache commands only move bytes: no torch, no numpy."""
     import struct
 
     header = b'{"w":{"dtype":"U8","shape":[64],"data_offsets":[0,64]}}'
@@ -80,6 +80,7 @@ def test_cli_checksum_and_verify_without_torch(tmp_path):
         from runai_model_streamer.cli import main
         assert main(["checksum", "--no-progress", {str(path)!r}]) == 0
         assert main(["verify", "--no-progress", {str(path)!r}]) == 0
+        assert main(["cache", "du", "--cache-dir", {str(tmp_path / "cache")!r}]) == 0
     """)
     assert (tmp_path / "m.safetensors.checksums.json").is_file()
     assert "1 of 1 file(s) verified" in out, out
