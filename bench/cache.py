@@ -42,7 +42,7 @@ REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
 from integrity import CONSUMER, load_servers, make_checkpoint, put  # noqa: E402
-from run import fmt_bytes, log, parse_bytes  # noqa: E402
+from run import drop_cache, fmt_bytes, log, parse_bytes, warm_cache  # noqa: E402
 
 # The integrity benchmark's consumer, then the wait for the cache entries
 # (what the interpreter's exit would do anyway), timed on its own.
@@ -60,24 +60,6 @@ TIMED_CONSUMER = CONSUMER.replace(
     ' "check": check}))',
 )
 assert "commit_s" in TIMED_CONSUMER and "first_s" in TIMED_CONSUMER
-
-
-def drop(paths):
-    """Evicts paths from the page cache (they are ours: fadvise works)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm(paths):
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(16 << 20):
-                pass
 
 
 def entries(cache_dir):
@@ -139,10 +121,10 @@ def main() -> int:
             }
             if len(entries(cache_dir)) != 1:
                 raise SystemExit(f"the first load left {len(entries(cache_dir))} cache entries, not 1")
-            r["second hot"] = run("second hot", uri, cached, lambda: warm(entries(cache_dir)))
-            r["second cold"] = run("second cold", uri, cached, lambda: drop(entries(cache_dir)))
-            r["local hot"] = run("local hot", local, env, lambda: warm([local]))
-            r["local cold"] = run("local cold", local, env, lambda: drop([local]))
+            r["second hot"] = run("second hot", uri, cached, lambda: warm_cache(entries(cache_dir)))
+            r["second cold"] = run("second cold", uri, cached, lambda: drop_cache(entries(cache_dir)))
+            r["local hot"] = run("local hot", local, env, lambda: warm_cache([local]))
+            r["local cold"] = run("local cold", local, env, lambda: drop_cache([local]))
             rounds.append(r)
         checks = {r["check"] for rnd in rounds for r in rnd.values()}
         if len(checks) != 1:

@@ -41,7 +41,7 @@ REPO = os.path.dirname(BENCH)
 SERVERS = os.path.join(REPO, "tests", "object_storage", "servers.py")
 sys.path.insert(0, BENCH)
 
-from run import fmt_bytes, log, parse_bytes  # noqa: E402
+from run import drop_cache, fmt_bytes, log, parse_bytes, warm_cache  # noqa: E402
 
 CONSUMER = r"""
 import json, os, sys, time
@@ -93,22 +93,6 @@ def put(servers, srv, bucket, key, data, crc32):
                                srv["region"])
     servers._request("PUT", url, data, h, (200,))
     return f"s3://{bucket}/{key}"
-
-
-def drop_cache(paths):
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def warm(path):
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
 
 
 def checksum(python, uri, env):
@@ -180,7 +164,7 @@ def main() -> int:
                 if kind == "local-cold":
                     drop_cache([local, local + ".checksums.json"])
                 elif kind == "local-hot":
-                    warm(local)
+                    warm_cache([local])
                 r = subprocess.run([a.python, "-c", CONSUMER, objects[kind]], capture_output=True,
                                    text=True, env=dict(envs[kind], MODEL_STREAMER_VERIFY=mode),
                                    cwd=BENCH, timeout=600)

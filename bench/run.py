@@ -230,9 +230,12 @@ def resident_fraction(paths):
 
 
 def drop_cache(paths):
+    """Evicts paths from the page cache: written-back first, since the
+    kernel keeps dirty pages (the files must be ours for fadvise to work)."""
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
+            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
