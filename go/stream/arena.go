@@ -80,7 +80,7 @@ type arena struct {
 	// ringUsed + outside within its capacity: a tensor the consumer holds
 	// outside the ring (a Python loop variable holding the previous tensor)
 	// counts against the limit, so the readers do not fill the whole ring
-	// behind it (see place).
+	// behind it (see within).
 	ringUsed int64
 	outside  int64
 	onWait   func() // called (under mu) when alloc starts waiting
