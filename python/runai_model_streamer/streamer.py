@@ -153,6 +153,7 @@ class SafetensorsStreamer:
         self.device_str: Optional[str] = None
         self.start_time: Optional[float] = None
         self.unaligned_copies = 0
+        self.read_strategies: List[Optional[str]] = []
         self.paths: List[str] = []
         self.first_tensor_time: Optional[float] = None
         self._stream: Optional[_native.Stream] = None
@@ -244,6 +245,7 @@ class SafetensorsStreamer:
         self.files_to_tensors_metadata = {}
         self.total_size = 0
         self.unaligned_copies = 0
+        self.read_strategies = []
         self.device_str = str(dev)
         self.paths = path_list
         self.first_tensor_time = None
@@ -364,6 +366,10 @@ class SafetensorsStreamer:
                 )
         self.files_to_tensors_metadata = result
         self.total_size = total
+        # Per file, the read path the engine chose ("mmap", "buffered", "direct", ...):
+        # a mapping hands out page-cache pages, the others copy, and a throughput
+        # figure means different things for each.
+        self.read_strategies = [entry.get("strategy") for entry in files]
 
     # -- consumption ------------------------------------------------------
     def get_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:
