@@ -34,7 +34,7 @@ t1 = time.perf_counter()
 import runai_model_streamer
 from runai_model_streamer import SafetensorsStreamer
 t2 = time.perf_counter()
-path = sys.argv[1]
+paths = json.loads(sys.argv[1])
 prof = None
 if len(sys.argv) > 2:
     import cProfile
@@ -42,7 +42,7 @@ if len(sys.argv) > 2:
 s = SafetensorsStreamer()
 t3 = time.perf_counter()
 if prof: prof.enable()
-s.stream_files([path])
+s.stream_files(paths)
 t4 = time.perf_counter()
 it = s.get_tensors()
 name, t = next(it)
@@ -94,31 +94,35 @@ def warm(path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="/tmp/model-streamer-bench/first-tensor")
-    p.add_argument("--file", default=None, help="a safetensors file (default: DATA_DIR/1g.safetensors, made if missing)")
+    p.add_argument("--file", default=None, action="append",
+                   help="a safetensors file, repeatable: all are streamed in one call "
+                        "(default: DATA_DIR/1g.safetensors, made if missing)")
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"))
     a = p.parse_args()
-    path = a.file or os.path.join(a.data_dir, "1g.safetensors")
+    paths = a.file or [os.path.join(a.data_dir, "1g.safetensors")]
     if not a.file:
-        ensure_file(path, 1)
-    warm(path)
+        ensure_file(paths[0], 1)
+    for path in paths:
+        warm(path)
     env = dict(os.environ)
     env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
     rows = []
     for _ in range(a.runs):
-        r = subprocess.run([a.python, "-c", CHILD, path], capture_output=True, text=True, env=env, cwd=REPO)
+        r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths)], capture_output=True, text=True, env=env, cwd=REPO)
         if r.returncode != 0:
             sys.exit(r.stderr[-3000:])
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
     keys = ["torch_import", "import_to_first", "ctor_to_first", "stream_files", "stream_to_first", "total"]
-    print(f"{path}: {os.path.getsize(path) / 1e9:.2f} GB, {rows[0]['tensors']} tensors, hot; "
+    size = sum(os.path.getsize(p) for p in paths)
+    print(f"{' '.join(paths)}: {size / 1e9:.2f} GB, {rows[0]['tensors']} tensors, hot; "
           f"median (min-max) of {a.runs} fresh processes, ms")
     for k in keys:
         xs = [r[k] for r in rows]
         print(f"  {k:<16} {statistics.median(xs):8.2f}  ({min(xs):.2f}-{max(xs):.2f})")
     if a.profile:
-        r = subprocess.run([a.python, "-c", CHILD, path, "profile"], capture_output=True, text=True, env=env, cwd=REPO)
+        r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), "profile"], capture_output=True, text=True, env=env, cwd=REPO)
         print(r.stderr)
 
 

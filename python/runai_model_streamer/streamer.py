@@ -158,6 +158,9 @@ class SafetensorsStreamer:
         self.first_tensor_time: Optional[float] = None
         self._stream: Optional[_native.Stream] = None
         self._requested = False
+        # Start loading the library and the Go runtime now, on a thread, so that
+        # stream_files waits for as little of that fixed cost as possible.
+        _native.start_loading()
         self._owned = True
         self._device = torch.device("cpu")
         self._last_stats: Optional[Dict[str, int]] = None
