@@ -52,10 +52,14 @@ class Consumer:
         n = u.numel()
         if self.kind == "sum":
             m = n - n % 8
-            try:
-                words = u[:m].view(torch.int64) if m else None
-            except RuntimeError:  # a storage offset not a multiple of 8: bytes one by one
-                words, m = None, 0
+            words = None
+            if m:
+                try:
+                    words = u[:m].view(torch.int64)
+                except RuntimeError:
+                    # A storage offset that is not a multiple of 8 (a piece of a larger
+                    # buffer): the same bytes as a tensor of their own, offset 0.
+                    words = torch.frombuffer(u[:m].numpy(), dtype=torch.int64)
             total = int(words.sum()) if words is not None else 0
             if m < n:
                 total += int(u[m:].sum(dtype=torch.int64))
