@@ -16,6 +16,7 @@ Loaders (each run is bench/worker.py in a fresh interpreter, see its docstring):
   ours         this project (read mode auto; the file's read path is printed). The
                library and Go runtime start when SafetensorsStreamer() is made,
                inside the clock (their fixed cost: bench/first_tensor.py)
+  ours-MODE    with MODEL_STREAMER_READ_MODE=MODE (buffered, direct, mmap, auto-read)
   ours-preload the same with MODEL_STREAMER_PRELOAD=1: they start at import, on a
                thread, before the clock (reported as setup ms, with the imports)
   peer         runai-model-streamer 0.17.0, when bench/.peer-venv exists (bench/run.py makes it)
@@ -131,7 +132,11 @@ def main():
             else:
                 spec.update(loader="streamer")
                 py = peer_py if ld == "peer" else ours_py
-            wenv = dict(env, MODEL_STREAMER_PRELOAD="1") if ld == "ours-preload" else env
+            wenv = dict(env)
+            if ld == "ours-preload":
+                wenv["MODEL_STREAMER_PRELOAD"] = "1"
+            elif ld.startswith("ours-"):  # ours-buffered, ours-mmap, ...: that read mode
+                wenv["MODEL_STREAMER_READ_MODE"] = ld.split("-", 1)[1]
             res = harness.run_worker(py, harness.WORKER, spec, wenv, 600)
             want = sum(os.path.getsize(f) for f in files) if ld == "pread" else total
             if res.get("ok") and res.get("bytes") != want:
