@@ -158,6 +158,11 @@ def get_args(argv=None):
     p.add_argument("--safetensors-python", default=None,
                    help="interpreter for safetensors (default: ours if it has safetensors, else this one, else the peer's)")
     p.add_argument("--torch-version", default=None, help=f"torch for the peer venv (default: ours, else {DEFAULT_TORCH})")
+    p.add_argument("--consume", choices=("sum", "copy", "none"), default="sum",
+                   help="what every loader does with every tensor inside the clock (issue 8): sum = a uint8 "
+                        "sum over every byte, copy = a copy into a pre-faulted destination (the plain readers' "
+                        "pread already is one), none = nothing (hand-out only, the old figures); "
+                        "python/runai_model_streamer/_consume.py, the same code for every loader (default sum)")
     p.add_argument("--timeout", type=int, default=900, help="seconds before one measured run is killed")
     a = p.parse_args(argv)
 
@@ -589,11 +594,15 @@ def run_one(a, cfg, man, ctx):
     for k in ("RUNAI_STREAMER_CONCURRENCY", "RUNAI_STREAMER_MEMORY_LIMIT", "MODEL_STREAMER_READ_MODE"):
         env.pop(k, None)
     env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
-    spec = {"files": man["files"]}
+    spec = {"files": man["files"], "consume": a.consume,
+            "largest_tensor_bytes": man["largest_tensor_bytes"]}
     if ld in PLAIN:
-        py = sys.executable
+        # The consumer needs torch: the plain readers then run in ours' interpreter.
+        py = sys.executable if a.consume == "none" else ctx["ours_python"]
         kind, _, impl = ld.partition("-")
         impl = {"py": "python", "c": "c"}.get(impl, a.plain_impl)
+        if a.consume == "sum":
+            impl = "python"  # the sum runs in the reading threads, which are Python's
         spec.update(loader=kind, concurrency=cfg["concurrency"], chunk_bytes=a.chunk,
                     buffer_bytes=a.plain_buffer, impl=impl, c_library=ctx.get("c_library"))
     elif ld.startswith("safetensors"):
@@ -716,6 +725,11 @@ def report(a, mans, summary, ctx):
     buf = ("one byte per byte of data" if a.plain_buffer <= 0
            else fmt_bytes(a.plain_buffer) + ", reads wrap around it")
     P("")
+    P({"sum": "consumer: every loader sums every byte of every tensor (uint8 view, torch) inside the clock; "
+       "plain readers sum each piece they read, in Python threads",
+       "copy": "consumer: every loader copies every tensor into a pre-faulted destination inside the clock; "
+       "the plain readers' pread into their pre-faulted buffer is that copy",
+       "none": "consumer: none - tensors are handed out, not used (a mapping is not read; hand-out figures)"}[a.consume])
     P(f"plain readers (single/pread/direct): {impl}; {fmt_bytes(a.chunk)} reads into one pre-faulted buffer ({buf})")
     P(f"GB/s = 1e9 bytes/s of tensor data (plain readers: of file bytes); median of {a.reps} repetition(s), "
       f"loaders interleaved in each repetition; ratios are between medians of the same run")

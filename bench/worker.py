@@ -27,9 +27,17 @@ The plain readers run in Python threads (os.preadv releases the GIL) unless the
 spec says impl="c": then the same loop runs in C threads from bench/plainread.c,
 compiled by run.py, called through ctypes (which releases the GIL too).
 
-Nothing does per-byte work on the data: the streamers' and safetensors' loops
-only count tensors and add up numel * element_size (and for safetensors
-"populate", one madvise per tensor).
+spec["consume"] says what is done with the bytes (issue 8: a load is measured as
+a user uses it, not as tensors are handed out):
+  none  nothing: the loops only count tensors and add up numel * element_size
+        (and for safetensors "populate", one madvise per tensor). Hand-out only.
+  sum   every tensor goes through python/runai_model_streamer/_consume.py's
+        Consumer("sum") (a uint8 sum over every byte), the same file for every
+        loader, loaded by path. The plain readers sum each piece they read, in
+        the thread that read it (Python threads only).
+  copy  Consumer("copy"): every tensor is copied into one destination written
+        before the clock. The plain readers already pread into a pre-faulted
+        destination, which is that copy: they add nothing.
 """
 
 import json
@@ -40,6 +48,23 @@ import threading
 import time
 
 PAGE = mmap.PAGESIZE
+CONSUME_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "python", "runai_model_streamer", "_consume.py")
+
+
+def make_consumer(spec):
+    """The spec's consumer (None for "none"), from _consume.py loaded by path: the
+    peer's venv has its own runai_model_streamer, and every loader must run this code."""
+    kind = spec.get("consume", "none")
+    if kind == "none":
+        return None
+    import importlib.util
+    ms = importlib.util.spec_from_file_location("ms_bench_consume", CONSUME_PY)
+    mod = importlib.util.module_from_spec(ms)
+    ms.loader.exec_module(mod)
+    c = mod.Consumer(kind)
+    c.prepare(int(spec.get("largest_tensor_bytes", 0)))
+    return c
 DIRECT_ALIGN = 4096
 
 
@@ -104,9 +129,15 @@ def run_plain_python(spec, files, buf, nslots, chunk, direct):
     lock = threading.Lock()
     totals = [0] * threads
     errors = []
+    # One consumer per thread (their checksums are added at the end): "sum" sums
+    # each piece where it landed, in the thread that read it.
+    cons = [make_consumer(spec) if spec.get("consume") == "sum" else None for _ in range(threads)]
+    if cons[0] is not None:
+        import torch
 
     def work(t):
         got = 0
+        c = cons[t]
         try:
             while True:
                 with lock:
@@ -119,6 +150,8 @@ def run_plain_python(spec, files, buf, nslots, chunk, direct):
                 got += r
                 if r < min(n, files[fi][1] - off):
                     raise IOError(f"short read {r} at {files[fi][0]}:{off}")
+                if c is not None:
+                    c(torch.frombuffer(mv[dst:dst + r], dtype=torch.uint8))
         except BaseException as e:  # reported, never swallowed
             errors.append(repr(e))
         totals[t] = got
@@ -138,10 +171,14 @@ def run_plain_python(spec, files, buf, nslots, chunk, direct):
     del mv
     if errors:
         raise RuntimeError("; ".join(errors[:3]))
+    if cons[0] is not None:
+        spec["_checksum"] = sum(c.checksum for c in cons) & 0xFFFFFFFFFFFFFFFF
     return t0, t1, sum(totals)
 
 
 def run_plain_c(spec, files, buf, nslots, chunk, direct):
+    if spec.get("consume") == "sum":
+        raise ValueError("consume=sum: the C plain readers do not sum; use impl python")
     import ctypes
     lib = ctypes.CDLL(spec["c_library"])
     fn = lib.plain_read
@@ -184,6 +221,9 @@ def run_plain(spec, res):
     res["status_end"] = proc_status()
     res["seconds"] = t1 - t0
     res["bytes"] = min(got, total)
+    res["consume"] = spec.get("consume", "none")
+    if "_checksum" in spec:
+        res["checksum"] = spec["_checksum"]  # of whole files: headers included
     res["tensors"] = None
     res["first_tensor_s"] = None
     buf.close()
@@ -226,6 +266,7 @@ def run_safetensors(spec, res):
     res["module"] = {"name": "safetensors", "version": safetensors.__version__,
                      "file": safetensors.__file__, "mode": mode}
     kwargs = {"backend": "pread"} if mode == "pread" else {}
+    consumer = make_consumer(spec)
     res["baseline"] = baseline(res)
     out = {}
     nbytes = 0
@@ -239,6 +280,8 @@ def run_safetensors(spec, res):
             first = time.perf_counter()
         for k, t in d.items():
             nbytes += t.numel() * t.element_size()
+            if consumer is not None:
+                consumer(t)
         out.update(d)
     t1 = time.perf_counter()
     res["status_end"] = proc_status()
@@ -247,7 +290,15 @@ def run_safetensors(spec, res):
     res["bytes"] = nbytes
     res["tensors"] = len(out)
     res["page_cache_backed_hint"] = _backing_hint(out)
+    _consumer_result(res, consumer)
     del out
+
+
+def _consumer_result(res, consumer):
+    res["consume"] = consumer.kind if consumer is not None else "none"
+    if consumer is not None:
+        res["checksum"] = consumer.checksum if consumer.kind == "sum" else None
+        res["consumed_bytes"] = consumer.bytes
 
 
 def _backing_hint(tensors):
@@ -277,6 +328,7 @@ def run_streamer(spec, res):
         ver = getattr(runai_model_streamer, "__version__", None)
     res["module"] = {"name": "runai_model_streamer", "version": ver,
                      "file": runai_model_streamer.__file__}
+    consumer = make_consumer(spec)
     res["baseline"] = baseline(res)
     n = 0
     nbytes = 0
@@ -292,6 +344,8 @@ def run_streamer(spec, res):
             if first is None:
                 first = time.perf_counter()
             n += 1
+            if consumer is not None:
+                consumer(t)
             b = t.numel() * t.element_size()
             nbytes += b
             if backing is None and b >= 16 << 20:
@@ -300,12 +354,17 @@ def run_streamer(spec, res):
         t1 = time.perf_counter()
         res["status_end"] = proc_status()
         res["page_cache_backed_hint"] = backing
+        # This project says which read path each file took (a mapping or a copy).
+        strategies = getattr(s, "read_strategies", None)
+        if strategies is not None:
+            res["read_strategies"] = sorted(set(strategies))
     t2 = time.perf_counter()
     res["seconds"] = t1 - t0
     res["close_s"] = t2 - t1
     res["first_tensor_s"] = (first - t0) if first is not None else None
     res["bytes"] = nbytes
     res["tensors"] = n
+    _consumer_result(res, consumer)
 
 
 def _addr_backing(addr):

@@ -807,3 +807,29 @@ def test_get_tensors_after_a_failed_stream_files(tmp_path, small_checkpoint):
             s.get_tensors()
         s.stream_file(str(small_checkpoint[1]))
         assert sum(1 for _ in s.get_tensors()) == 3
+
+
+def test_preload_starts_the_library_at_import_only_when_asked(small_checkpoint):
+    # MODEL_STREAMER_PRELOAD=1 loads it on a thread at import; a streamer made
+    # without it starts the same thread (the import alone loads nothing: above).
+    code = f"""
+        import os
+        import runai_model_streamer
+        from runai_model_streamer import _native, SafetensorsStreamer
+        t = _native._state.starting
+        print("AT IMPORT", t is not None)
+        if t is None:
+            s = SafetensorsStreamer()
+            t = _native._state.starting
+        t.join(60)
+        print("LOADED", _native.is_loaded())
+        with SafetensorsStreamer() as s:
+            s.stream_file({str(small_checkpoint[0])!r})
+            print("TENSORS", sum(1 for _ in s.get_tensors()))
+    """
+    r = run_python(code, env={"MODEL_STREAMER_PRELOAD": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "AT IMPORT True" in r.stdout and "LOADED True" in r.stdout and "TENSORS 5" in r.stdout
+    r = run_python(code)
+    assert r.returncode == 0, r.stderr
+    assert "AT IMPORT False" in r.stdout and "LOADED True" in r.stdout and "TENSORS 5" in r.stdout

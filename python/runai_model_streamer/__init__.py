@@ -100,3 +100,10 @@ if _os.environ.get("RUNAI_STREAMER_LOG_TO_STDERR") == "1" and not any(
     _handler.setFormatter(_logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
     _logger.addHandler(_handler)
     _logger.propagate = False
+
+if _os.environ.get("MODEL_STREAMER_PRELOAD") == "1":
+    # Load the library and start the Go runtime now, in the background (see
+    # _native.start_loading: opt-in, because the runtime does not survive fork()).
+    from runai_model_streamer import _native as _native_mod
+
+    _native_mod.start_loading()

@@ -121,9 +121,43 @@ class _State:
         self.pid: Optional[int] = None  # pid of the process that loaded it
         self.forked = False  # this process is a fork of the one that loaded it
         self.at_fork_registered = False
+        self.starting: Optional[threading.Thread] = None  # start_loading()'s thread
 
 
 _state = _State()
+
+PRELOAD_ENV = "MODEL_STREAMER_PRELOAD"
+
+
+def start_loading() -> None:
+    """Loads the library and lets the Go runtime finish starting, on a daemon
+    thread, so that the first stream does not wait for them.
+
+    The cost is fixed and paid once per process: dlopen of the library (about
+    260k relocations, ~5 ms here) and the Go runtime's start with every linked
+    package's init (~10-15 ms here, most of it the object-storage SDKs), which
+    the first exported call waits for. Measured in bench/first_tensor.py.
+    cffi releases the GIL for the call that waits, so the caller's thread goes
+    on; a load() meanwhile waits for the dlopen only. Errors are left to the
+    real load, which reports them.
+
+    Not done at import by default: a Go runtime does not survive fork(), so a
+    process that imports the package and then forks workers that stream would
+    break. SafetensorsStreamer() starts it (a streamer is made to stream in this
+    process), and MODEL_STREAMER_PRELOAD=1 starts it at import."""
+    if _state.lib is not None or _state.starting is not None:
+        return
+
+    def work() -> None:
+        try:
+            _ffi, lib = load()
+            lib.ms_version()  # returns once the runtime and package inits are done
+        except Exception:  # reported by the load that needs the library
+            pass
+
+    t = threading.Thread(target=work, name="model-streamer-load", daemon=True)
+    _state.starting = t
+    t.start()
 
 
 def _after_fork_in_child() -> None:
@@ -131,6 +165,7 @@ def _after_fork_in_child() -> None:
         _state.forked = True
     # A lock held by another thread at fork time would never be released here.
     _state.lock = threading.Lock()
+    _state.starting = None
 
 
 def extract_cdef(header_text: str) -> str:

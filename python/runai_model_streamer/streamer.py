@@ -165,10 +165,14 @@ class SafetensorsStreamer:
         self.device_str: Optional[str] = None
         self.start_time: Optional[float] = None
         self.unaligned_copies = 0
+        self.read_strategies: List[Optional[str]] = []
         self.paths: List[str] = []
         self.first_tensor_time: Optional[float] = None
         self._stream: Optional[_native.Stream] = None
         self._requested = False
+        # Start loading the library and the Go runtime now, on a thread, so that
+        # stream_files waits for as little of that fixed cost as possible.
+        _native.start_loading()
         self._owned = True
         self._device = torch.device("cpu")
         self._last_stats: Optional[Dict[str, int]] = None
@@ -256,6 +260,7 @@ class SafetensorsStreamer:
         self.files_to_tensors_metadata = {}
         self.total_size = 0
         self.unaligned_copies = 0
+        self.read_strategies = []
         self.device_str = str(dev)
         self.paths = path_list
         self.first_tensor_time = None
@@ -376,6 +381,10 @@ class SafetensorsStreamer:
                 )
         self.files_to_tensors_metadata = result
         self.total_size = total
+        # Per file, the read path the engine chose ("mmap", "buffered", "direct", ...):
+        # a mapping hands out page-cache pages, the others copy, and a throughput
+        # figure means different things for each.
+        self.read_strategies = [entry.get("strategy") for entry in files]
 
     # -- consumption ------------------------------------------------------
     def get_tensors(self) -> Iterator[Tuple[str, torch.Tensor]]:

@@ -1,0 +1,135 @@
+"""Fixed cost of a load (issue 8, item 2): time to the first tensor on a hot
+file, in fresh processes.
+
+    .venv/bin/python bench/first_tensor.py [--file F] [--runs 15] [--profile]
+
+Each run is a fresh interpreter (`-c` the CHILD code below) that prints, in ms:
+  torch_import     `import torch`
+  import_to_first  `import runai_model_streamer` (torch already imported, as any
+                   caller has it) to the first tensor yielded, less --idle-ms
+  stream_to_first  `stream_files()` called to the first tensor yielded
+  ctor_to_first    `SafetensorsStreamer()` to the first tensor yielded
+  total            the whole load (every tensor taken, none used)
+and the medians over --runs. The file (1 GiB by default, written by
+safetensors.torch.save_file, under --data-dir) is read once before the runs
+so it is hot. --profile runs one more fresh process under cProfile and prints
+the top functions of stream_files -> first tensor.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+CHILD = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import runai_model_streamer
+from runai_model_streamer import SafetensorsStreamer
+time.sleep(float(sys.argv[2]) / 1000)  # --idle-ms: a caller's work between import and load
+t2 = time.perf_counter()
+paths = json.loads(sys.argv[1])
+prof = None
+if len(sys.argv) > 3:
+    import cProfile
+    prof = cProfile.Profile()
+s = SafetensorsStreamer()
+t3 = time.perf_counter()
+if prof: prof.enable()
+s.stream_files(paths)
+t4 = time.perf_counter()
+it = s.get_tensors()
+name, t = next(it)
+t5 = time.perf_counter()
+if prof:
+    prof.disable()
+    import pstats, io
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+    sys.stderr.write(out.getvalue())
+n = 1
+for name, t in it:
+    n += 1
+t6 = time.perf_counter()
+s.__exit__(None, None, None)
+ms = lambda a, b: (b - a) * 1000
+print(json.dumps({"torch_import": ms(t0, t1), "import_to_first": ms(t1, t5) - float(sys.argv[2]),
+                  "stream_to_first": ms(t3, t5), "stream_files": ms(t3, t4), "ctor_to_first": ms(t2, t5),
+                  "total": ms(t3, t6), "tensors": n}))
+"""
+
+
+def ensure_file(path, gib):
+    if os.path.exists(path):
+        return
+    import torch
+    from safetensors.torch import save_file
+    # A Llama-like layer mix (bf16 matrices, f32 norms), random finite values.
+    tensors, total, i = {}, 0, 0
+    g = torch.Generator().manual_seed(0)
+    while total < gib * (1 << 30):
+        for name, shape, dt in ((f"l{i}.attn.q", (4096, 4096), torch.bfloat16),
+                                (f"l{i}.mlp.up", (4096, 11008), torch.bfloat16),
+                                (f"l{i}.norm", (4096,), torch.float32)):
+            tensors[name] = torch.randn(shape, generator=g).to(dt)
+            total += tensors[name].numel() * tensors[name].element_size()
+        i += 1
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file(tensors, path + ".tmp")
+    os.rename(path + ".tmp", path)
+
+
+def warm(path):
+    with open(path, "rb") as f:
+        while f.read(64 << 20):
+            pass
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="/tmp/model-streamer-bench/first-tensor")
+    p.add_argument("--file", default=None, action="append",
+                   help="a safetensors file, repeatable: all are streamed in one call "
+                        "(default: DATA_DIR/1g.safetensors, made if missing)")
+    p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--idle-ms", type=float, default=0,
+                   help="sleep this long between the imports and SafetensorsStreamer() (a caller's own "
+                        "work; with MODEL_STREAMER_PRELOAD=1 the runtime starts meanwhile); "
+                        "left out of import_to_first")
+    p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"))
+    a = p.parse_args()
+    paths = a.file or [os.path.join(a.data_dir, "1g.safetensors")]
+    if not a.file:
+        ensure_file(paths[0], 1)
+    for path in paths:
+        warm(path)
+    env = dict(os.environ)
+    env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
+    rows = []
+    for _ in range(a.runs):
+        r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms)], capture_output=True, text=True, env=env, cwd=REPO)
+        if r.returncode != 0:
+            sys.exit(r.stderr[-3000:])
+        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    keys = ["torch_import", "import_to_first", "ctor_to_first", "stream_files", "stream_to_first", "total"]
+    size = sum(os.path.getsize(p) for p in paths)
+    print(f"{' '.join(paths)}: {size / 1e9:.2f} GB, {rows[0]['tensors']} tensors, hot; "
+          f"median (min-max) of {a.runs} fresh processes, ms")
+    for k in keys:
+        xs = [r[k] for r in rows]
+        print(f"  {k:<16} {statistics.median(xs):8.2f}  ({min(xs):.2f}-{max(xs):.2f})")
+    if a.profile:
+        r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms), "profile"], capture_output=True, text=True, env=env, cwd=REPO)
+        print(r.stderr)
+
+
+if __name__ == "__main__":
+    main()
