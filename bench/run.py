@@ -363,7 +363,10 @@ def random_block(size=64 * MiB):
     return bytes(b)
 
 
-def write_safetensors(path, tensors, block, salt):
+def write_safetensors(path, tensors, block, salt, misalign=0):
+    """Writes a SafeTensors file; the header is padded so the data starts at
+    a multiple of 8, plus `misalign` bytes (a writer that does not pad: every
+    tensor of 2 bytes or more is then misaligned for its dtype)."""
     header = {"__metadata__": {"format": "pt", "generator": "model-streamer bench"}}
     off = 0
     for name, dtype, shape in tensors:
@@ -371,7 +374,7 @@ def write_safetensors(path, tensors, block, salt):
         header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [off, off + b]}
         off += b
     hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * (-(8 + len(hj)) % 8)
+    hj += b" " * (-(8 + len(hj)) % 8 + misalign)
     data = off
     tmp = path + ".tmp"
     bmv = memoryview(block)

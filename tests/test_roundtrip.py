@@ -63,11 +63,14 @@ def test_random_checkpoints_defaults(tmp_path, seed):
 
 
 def test_unaligned_tensors_are_copied_and_aligned(tmp_path):
-    """A 3-byte U8 tensor first puts everything after it at odd file offsets."""
+    """A 3-byte U8 tensor first puts everything after it at odd file offsets.
+    Where misaligned views are safe (x86-64) they are handed out in place,
+    else copied to aligned memory (tests/test_misaligned.py has the rest)."""
     import torch
 
     from conftest import write_raw_file, tensor_bytes
     from runai_model_streamer import SafetensorsStreamer
+    from runai_model_streamer.streamer import MISALIGNED_VIEWS_OK
 
     f32 = torch.arange(6, dtype=torch.float32)
     i64 = torch.arange(5, dtype=torch.int64) * 1000003
@@ -81,7 +84,7 @@ def test_unaligned_tensors_are_copied_and_aligned(tmp_path):
         s.stream_file(str(path))
         got = {}
         for name, t in s.get_tensors():
-            if t.numel():
+            if t.numel() and not MISALIGNED_VIEWS_OK:
                 assert t.data_ptr() % t.element_size() == 0, name
             got[name] = t
         copies = s.unaligned_copies
@@ -90,4 +93,6 @@ def test_unaligned_tensors_are_copied_and_aligned(tmp_path):
     # Whether a copy was needed depends on where the library placed the bytes;
     # it can never exceed the number of multi-byte tensors.
     assert 0 <= copies <= 2
+    if MISALIGNED_VIEWS_OK:
+        assert copies == 0
     assert stats["unaligned_copies"] <= 2

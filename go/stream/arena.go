@@ -1,7 +1,9 @@
 package stream
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -14,7 +16,8 @@ type segment struct {
 	mem     []byte
 	live    int // regions placed and not yet freed
 	retired bool
-	own     bool // standalone memory the arena allocated outside the ring
+	own     bool  // standalone memory the arena allocated outside the ring
+	used    int64 // an own segment's bytes in use (its region's span)
 	release func()
 	keep    func() // an own segment's unmapping, kept while it is the spare
 }
@@ -71,7 +74,16 @@ type arena struct {
 	fresh     bool
 	spare     *segment // one released standalone block, kept for reuse
 	largest   int64    // the largest region placed in this arena
-	onWait    func()   // called (under mu) when alloc starts waiting
+	// ringUsed is the bytes of the regions in the ring (live, or released
+	// behind an earlier one); outside is the bytes of live regions a
+	// bounded arena placed in standalone memory. A bounded arena keeps
+	// ringUsed + outside within its capacity: a tensor the consumer holds
+	// outside the ring (a Python loop variable holding the previous tensor)
+	// counts against the limit, so the readers do not fill the whole ring
+	// behind it (see within).
+	ringUsed int64
+	outside  int64
+	onWait   func() // called (under mu) when alloc starts waiting
 }
 
 func newArena(capacity int64) (*arena, error) {
@@ -96,13 +108,17 @@ func (a *arena) alloc(r *region) (bool, error) {
 		if a.closed {
 			return false, nil
 		}
-		if off, ok := a.fit(n); ok {
-			a.grant = false // room appeared: a pending grant is no longer needed
+		// With a grant, room in the ring is used even past the bound: the
+		// consumer holds memory outside it, and the ring's free pages cost
+		// no more than fresh ones (dropFreeRing gave them back).
+		if off, ok := a.fit(n); ok && (a.within(n) || a.grant) {
+			a.grant = false // room appeared, or the grant is used here
 			r.seg, r.off = a.ring, off
 			r.mem = a.ring.mem[off : off+n : off+n]
 			a.ring.live++
 			a.live = append(a.live, r)
 			a.head = off + n
+			a.ringUsed += n
 			return true, nil
 		}
 		if a.grant || a.fresh {
@@ -113,6 +129,11 @@ func (a *arena) alloc(r *region) (bool, error) {
 			}
 			r.seg = seg
 			r.mem = seg.mem[:n:n]
+			if !a.unlimited {
+				seg.used = n
+				a.outside += n
+				a.dropFreeRing()
+			}
 			return true, nil
 		}
 		a.waiting = true
@@ -122,6 +143,44 @@ func (a *arena) alloc(r *region) (bool, error) {
 		a.cond.Wait()
 		a.waiting = false
 	}
+}
+
+// within reports whether a bounded arena may place n more bytes in its ring:
+// what the ring holds plus what it placed outside stays within its capacity.
+// An unlimited arena's ring is a cache, not a bound.
+func (a *arena) within(n int64) bool {
+	return a.unlimited || a.ringUsed+a.outside+n <= a.capacity
+}
+
+// dropFreeRing gives the pages of the ring that no live region uses back to
+// the system. A bounded arena calls it when it places a region outside the
+// ring: the consumer holds tensors, and the ring's free part, touched by
+// earlier regions, would otherwise stay resident next to the new memory
+// (peak RSS of twice the limit for a loop holding one tensor).
+func (a *arena) dropFreeRing() {
+	mem := a.ring.mem
+	page := int64(unix.Getpagesize())
+	var pos int64
+	drop := func(end int64) {
+		if end > pos {
+			_ = unix.Madvise(mem[pos:end], unix.MADV_DONTNEED)
+		}
+	}
+	// Live regions sorted by offset (the ring may have wrapped).
+	var spans [][2]int64
+	for _, r := range a.live {
+		if r.mem != nil {
+			spans = append(spans, [2]int64{r.off, r.off + r.span()})
+		}
+	}
+	slices.SortFunc(spans, func(x, y [2]int64) int { return cmp.Compare(x[0], y[0]) })
+	for _, sp := range spans {
+		// Regions start on 4096-byte boundaries; their ends are rounded
+		// down so a page shared with a live region is kept.
+		drop(alignDown(sp[0], page))
+		pos = max(pos, alignUp(sp[1], page))
+	}
+	drop(alignDown(int64(len(mem)), page))
 }
 
 // fit finds room for n bytes after head, wrapping to the start if needed.
@@ -172,18 +231,28 @@ func (a *arena) free(r *region) {
 		// waits (marked by a nil mem) until those before it are gone.
 		r.mem = nil
 		for len(a.live) > 0 && a.live[0].mem == nil {
+			a.ringUsed -= a.live[0].span()
 			a.live = a.live[1:]
 		}
 		// A waiter must look again before the consumer may call it stuck.
 		a.waiting = false
 		a.cond.Broadcast()
 	} else if seg.own && a.spare == nil && !a.closed && !a.fresh {
-		// Keep one standalone block for the next grant: its pages are
-		// already touched, which fresh memory's are not.
+		// Keep one standalone block for the next grant (no new mapping),
+		// but not its pages: an idle spare must not hold memory past the
+		// limit.
 		a.spare = seg
 		seg.release = nil
+		_ = unix.Madvise(seg.mem, unix.MADV_DONTNEED)
 	} else if seg.own {
 		a.current -= int64(len(seg.mem))
+	}
+	if seg.own && seg.used > 0 {
+		// Memory held outside the ring came back: the ring may take it.
+		a.outside -= seg.used
+		seg.used = 0
+		a.waiting = false
+		a.cond.Broadcast()
 	}
 	if seg.retired && seg.live == 0 && seg.release != nil {
 		give, seg.release = seg.release, nil

@@ -9,7 +9,9 @@ import (
 
 // ReadHeaders reads and validates the headers of uris, all files at once,
 // and reads no tensor data. Each FileInfo lists every tensor of its file
-// (Tensors == Header.Tensors, in file-offset order).
+// (Tensors == Header.Tensors, in file-offset order). It reads exactly
+// each header (two requests per file: its length, then the header), never
+// a speculative prefix of tensor data.
 func ReadHeaders(ctx context.Context, cfg Config, uris []string) ([]FileInfo, error) {
 	if cfg.Storage == nil {
 		return nil, fmt.Errorf("%w: no storage configured", ErrInvalidRequest)
@@ -23,7 +25,7 @@ func ReadHeaders(ctx context.Context, cfg Config, uris []string) ([]FileInfo, er
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 	defer s.abort()
-	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f) }); err != nil {
+	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f, headerOnly) }); err != nil {
 		return nil, err
 	}
 	for _, f := range s.files {

@@ -22,7 +22,7 @@ type counters struct {
 type Stats struct {
 	BytesRequested   uint64        // tensor bytes requested
 	BytesRead        uint64        // tensor bytes read or mapped from storage (alignment included)
-	HeaderBytesRead  uint64        // bytes read to learn the headers (a speculative first read each)
+	HeaderBytesRead  uint64        // bytes read to learn the headers (a speculative first read each; exactly the headers for ReadHeaders)
 	Reads            uint64        // read calls to storage
 	Retries          uint64        // transient failures retried
 	TensorsDelivered uint64        // tensors made ready

@@ -152,7 +152,7 @@ func Open(ctx context.Context, cfg Config, uris []string, names []string) (*Stre
 	stop := context.AfterFunc(ctx, s.cancel)
 	defer stop()
 
-	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f) }); err != nil {
+	if err := s.openFiles(uris, func(_ int, f *fileState) error { return s.openFile(f, speculativeHeaderBytes) }); err != nil {
 		s.abort()
 		return nil, err
 	}
@@ -200,7 +200,19 @@ func (s *Stream) openFiles(uris []string, open func(i int, f *fileState) error) 
 	return errors.Join(errs...)
 }
 
+// speculativeHeaderBytes is a stream's first read of each file: the header
+// and, in the same request, the start of the tensor data (the readers hash
+// and the ring reuses nothing of it, but one request instead of two per file
+// is what object storage charges for). ReadHeaders, which reads no tensor
+// data, reads exactly the header instead (headerOnly).
 const speculativeHeaderBytes = 1 << 20
+
+// headerOnly as openFile's first read: the 8-byte length prefix alone, then
+// exactly the header. Distributed streaming has every process of a group
+// read every header and the group read each tensor byte once, so a
+// speculative prefix there would be read once per process on top of it
+// (docs/design.md §8).
+const headerOnly = safetensors.PrefixLen
 
 // unlimitedRing is the reusable buffer of a stream with no memory limit
 // (a variable so tests can shrink it).
@@ -223,11 +235,13 @@ func (s *Stream) openObject(f *fileState) error {
 	return s.wantChecksum(f)
 }
 
-func (s *Stream) openFile(f *fileState) error {
+// openFile opens f and reads its header: first the first `first` bytes of
+// the file, then (when the header is longer) the rest of the header.
+func (s *Stream) openFile(f *fileState, first int64) error {
 	if err := s.openObject(f); err != nil {
 		return err
 	}
-	buf, n, err := s.readPrefix(f, min(f.size, speculativeHeaderBytes))
+	buf, n, err := s.readPrefix(f, min(f.size, first))
 	if err != nil {
 		return err
 	}
@@ -236,7 +250,7 @@ func (s *Stream) openFile(f *fileState) error {
 		return fmt.Errorf("%s: %w", f.uri, err)
 	}
 	if end := safetensors.PrefixLen + hl; end > n {
-		if buf, n, err = s.readPrefix(f, end); err != nil {
+		if buf, n, err = s.readRest(f, buf[:n], end); err != nil {
 			return err
 		}
 	}
@@ -275,6 +289,25 @@ func (s *Stream) readPrefix(f *fileState, n int64) ([]byte, int64, error) {
 	s.st.reads.Add(1)
 	if err != nil {
 		return nil, 0, wrapRead(f.uri, 0, n, err)
+	}
+	return buf, n, nil
+}
+
+// readRest extends have (the first bytes of f) to the first n bytes: an
+// object that needs aligned reads reads all n again, any other reads only
+// [len(have), n).
+func (s *Stream) readRest(f *fileState, have []byte, n int64) ([]byte, int64, error) {
+	if _, ok := f.obj.(storage.Aligned); ok {
+		return s.readPrefix(f, n)
+	}
+	buf := make([]byte, n)
+	copy(buf, have)
+	off := int64(len(have))
+	got, err := storage.ReadRange(s.ctx, f.obj, buf[off:], off, n-off, s.cfg.Retry, s.onRetry)
+	s.st.headerBytesRead.Add(uint64(got))
+	s.st.reads.Add(1)
+	if err != nil {
+		return nil, 0, wrapRead(f.uri, off, n-off, err)
 	}
 	return buf, n, nil
 }

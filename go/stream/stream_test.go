@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -283,5 +284,88 @@ func TestReadHeadersReadsNoTensorData(t *testing.T) {
 	_, err = stream.ReadHeaders(context.Background(), stream.DefaultConfig(registry(fs.Auto)), []string{cp.paths[0] + ".missing"})
 	if !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// memBackend serves files from memory and counts the bytes read from them.
+type memBackend struct {
+	files map[string][]byte
+	read  atomic.Int64
+	calls atomic.Int64
+}
+
+func (b *memBackend) Open(_ context.Context, uri string) (storage.Object, error) {
+	data, ok := b.files[uri]
+	if !ok {
+		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.NotFound, Err: storage.ErrNotFound}
+	}
+	return &memObject{b: b, data: data}, nil
+}
+
+type memObject struct {
+	b    *memBackend
+	data []byte
+}
+
+func (o *memObject) Size() int64  { return int64(len(o.data)) }
+func (o *memObject) Close() error { return nil }
+func (o *memObject) ReadAt(_ context.Context, dst []byte, off int64) (int, error) {
+	n := copy(dst, o.data[off:])
+	o.b.read.Add(int64(n))
+	o.b.calls.Add(1)
+	if n < len(dst) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// ReadHeaders reads each header exactly (its 8-byte length, then the
+// header), whatever the size of the tensor data behind it: distributed
+// streaming has every process read every header.
+func TestReadHeadersReadsExactlyTheHeaders(t *testing.T) {
+	cases := []struct {
+		name     string
+		maxElems int64
+	}{
+		{"small files", 1000},
+		{"files past the speculative prefix", 1 << 20},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cp := writeCheckpoint(t, 41, 3, 12, tc.maxElems)
+			b := &memBackend{files: map[string][]byte{}}
+			var want int64
+			for _, p := range cp.paths {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.files["mem://"+p] = data
+				hl, err := safetensors.HeaderLen(data[:8], int64(len(data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want += safetensors.PrefixLen + hl
+			}
+			r := storage.NewRegistry()
+			r.Register("mem", b)
+			var uris []string
+			for _, p := range cp.paths {
+				uris = append(uris, "mem://"+p)
+			}
+			files, err := stream.ReadHeaders(context.Background(), stream.DefaultConfig(r), uris)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(files) != len(uris) {
+				t.Fatalf("%d files, want %d", len(files), len(uris))
+			}
+			if got := b.read.Load(); got != want {
+				t.Fatalf("read %d bytes, want exactly the headers' %d", got, want)
+			}
+			if got := b.calls.Load(); got != 2*int64(len(uris)) {
+				t.Fatalf("%d reads, want 2 a file", got)
+			}
+		})
 	}
 }

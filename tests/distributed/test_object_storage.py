@@ -7,8 +7,12 @@ falls back (one log line) and the first test checks exactly that."""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import os
 import random
+import struct
+import threading
 
 import pytest
 
@@ -200,3 +204,119 @@ def test_minio_cache_fills_in_one_distributed_load(minio, checkpoints, tmp_path)
 
     again = launch(tmp_path / "again", 2, [{"name": "again", "paths": uris, "env": env}])
     assert_every_tensor(again.of("again"), expected)
+
+
+# ---------------------------------------------------------------------------
+# Bytes fetched from storage, counted on the wire
+
+_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
+
+
+class CountingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of one server that forwards
+    everything as sent (the client's Host header included, so SigV4
+    signatures stay valid) and counts the body bytes of every GET response:
+    what the clients fetched from storage, whatever they report."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.get_bytes = 0
+        self.gets = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+                conn = http.client.HTTPConnection(proxy.target, timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    out_headers = resp.getheaders()
+                finally:
+                    conn.close()
+                if self.command == "GET":
+                    with proxy._lock:
+                        proxy.get_bytes += len(data)
+                        proxy.gets += 1
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in out_headers:
+                    if k.lower() not in _HOP and (k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _header_bytes(p) -> int:
+    with open(p, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    return 8 + n
+
+
+@pytest.mark.skipif(not _has_read_headers(), reason="the library lacks ms_read_headers")
+def test_minio_three_ranks_fetch_each_byte_once(minio, checkpoints, tmp_path, request):
+    """Three gloo ranks stream a checkpoint from MinIO: all of them together
+    fetch each tensor byte once plus each header once per rank (every rank
+    reads every header, exactly; no speculative prefix of tensor data),
+    counted by a proxy on the wire."""
+    import urllib.parse
+
+    from object_storage import servers
+
+    paths = checkpoints["solo"] + checkpoints["many"] + checkpoints["one_file"]
+    uris = [servers.minio_put_object(minio, "dist", f"once/{p.name}", p.read_bytes())
+            for p in paths]
+    proxy = CountingProxy(urllib.parse.urlsplit(minio["endpoint"]).netloc)
+    request.addfinalizer(proxy.close)
+    world = 3
+    env = {
+        "AWS_ENDPOINT_URL": proxy.endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
+        "AWS_ACCESS_KEY_ID": minio["access_key"],
+        "AWS_SECRET_ACCESS_KEY": minio["secret_key"],
+        "AWS_REGION": minio["region"],
+        "RUNAI_STREAMER_DIST_TIMEOUT": "60",
+        "RUNAI_STREAMER_DIST": "1",
+    }
+    run = launch(tmp_path, world, [{"name": "once", "paths": uris, "env": env}])
+    results = run.of("once")
+    assert_every_tensor(results, expected_digests(paths))
+    assert all(r["distributed"] for r in results.values())
+    tensors = tensor_bytes_total(paths)
+    headers = sum(_header_bytes(p) for p in paths)
+    files = sum(p.stat().st_size for p in paths)
+    assert files == tensors + headers  # safetensors.torch: no gaps between tensors
+    print(f"fetched {proxy.get_bytes} bytes in {proxy.gets} GETs: {proxy.get_bytes / files:.4f} "
+          f"copies of {files} bytes ({tensors} tensor bytes, {headers} header bytes, {world} ranks)")
+    # Each tensor byte once (1.00 copies) plus every header once per rank.
+    assert proxy.get_bytes <= tensors + world * headers, (
+        f"{proxy.get_bytes} bytes fetched in {proxy.gets} GETs for {tensors} tensor bytes "
+        f"and {headers} header bytes ({proxy.get_bytes / files:.3f} copies of the files)")
+    assert proxy.get_bytes >= tensors
