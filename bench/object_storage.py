@@ -446,6 +446,7 @@ def plain_worker(spec):
         if errors:
             raise RuntimeError("; ".join(errors[:3]))
         res["seconds"] = t1 - t0
+        res["load_cpu_s"] = w.process_cpu_s() - res.pop("cpu_at_start")
         res["bytes"] = sum(totals)
         res["tensors"] = None
         res["first_tensor_s"] = firsts[0] - t0 if firsts else None  # first whole piece
@@ -639,9 +640,13 @@ def run_one(a, cfg, ctx):
             # whole subprocess is its CPU time over the load.
             res["minio_cores"] = res["minio_cpu_s"] / res["seconds"]
         startup = ctx.get("startup_cpu", {}).get("ours" if ld.startswith("ours") else ld)
-        if startup is not None and res.get("bytes"):
-            # CPU per GB moved, start-up and imports left out.
+        if res.get("load_cpu_s") is not None:
+            # The worker measured its own CPU over the load (os.times).
+            res["client_load_cpu_s"] = res["load_cpu_s"]
+        elif startup is not None:
+            # s5cmd (or an old worker): the whole process less its start-up.
             res["client_load_cpu_s"] = max(0.0, res["client_cpu_s"] - startup)
+        if res.get("client_load_cpu_s") is not None and res.get("bytes"):
             res["client_cpu_s_per_gb"] = res["client_load_cpu_s"] / (res["bytes"] / 1e9)
         if ld in ("plain", "s5cmd"):
             if res.get("bytes") != ctx["file_bytes"]:
