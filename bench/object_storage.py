@@ -34,9 +34,9 @@ error or Ctrl-C.
 
 MinIO on loopback is CPU-bound and shares the machine's cores with the client
 being measured: every run reports how many cores MinIO used while it ran, and
-the client's CPU seconds per GB moved (getrusage of the finished subprocess,
-less the CPU the same interpreter spends starting up and importing, measured
-once per interpreter), which is steadier than wall time on a shared machine.
+the client's CPU seconds per GB moved (the worker's own os.times() over the
+load, imports left out; for s5cmd, getrusage of its process less its start-up
+CPU, measured once), which is steadier than wall time on a shared machine.
 Standard library only (the measured subprocesses import what they need).
 Network: 127.0.0.1 only.
 """
