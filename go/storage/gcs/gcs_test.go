@@ -641,6 +641,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			var failed atomic.Value
+			cpu0 := processCPU()
 			for range conc {
 				wg.Go(func() {
 					dst := make([]byte, chunk)
@@ -665,6 +666,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 				})
 			}
 			wg.Wait()
+			b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 			if err := failed.Load(); err != nil {
 				b.Fatal(err)
 			}
@@ -693,6 +695,7 @@ func benchmarkRanges(b *testing.B, chunks []int64, concs []int) {
 				var wg sync.WaitGroup
 				errs := make(chan error, conc)
 				b.ResetTimer()
+				cpu0 := processCPU()
 				for range conc {
 					wg.Go(func() {
 						dst := make([]byte, chunk)
@@ -711,6 +714,7 @@ func benchmarkRanges(b *testing.B, chunks []int64, concs []int) {
 				}
 				wg.Wait()
 				b.StopTimer()
+				b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 				close(errs)
 				for err := range errs {
 					b.Fatal(err)

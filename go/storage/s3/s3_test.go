@@ -916,9 +916,14 @@ func TestCABundle(t *testing.T) {
 
 // BenchmarkReadAt reads 8 MiB ranges of a 512 MiB object from MinIO on
 // loopback with 1 to 64 readers in flight; MB/s is the aggregate
-// throughput. S3_BENCH_SWEEP=1 adds 4, 16 and 32 MiB ranges;
-// S3_BENCH_LATENCY=20ms puts a fault proxy in front of MinIO that delays
-// every ranged GET, as a remote store's time to first byte would.
+// throughput, cpu-ns/B this process's CPU time per byte read (MinIO's
+// not counted), the figure that decides on a machine the client shares
+// with the server, and server-cpu-ns/B MinIO's. Each case runs twice, interleaved: "backend" through
+// ReadAt, "raw" as the same SigV4-signed ranged GETs with plain net/http
+// and no SDK, the limit the backend is measured against.
+// S3_BENCH_SWEEP=1 adds 4, 16 and 32 MiB ranges; S3_BENCH_LATENCY=20ms puts
+// a fault proxy in front of MinIO that delays every ranged GET, as a remote
+// store's time to first byte would.
 func BenchmarkReadAt(b *testing.B) {
 	e := newEnv(b)
 	const size = 512 << 20
@@ -935,23 +940,63 @@ func BenchmarkReadAt(b *testing.B) {
 	}
 	be := e.backend(b, endpoint)
 	o := open(b, be, e.uri("bench/object"))
+	raw := &rawObject{hc: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}},
+		url: endpoint + "/" + e.bucket + "/bench/object", srv: e.srv}
 	chunks := []int{8 << 20}
 	if os.Getenv("S3_BENCH_SWEEP") != "" {
 		chunks = []int{4 << 20, 8 << 20, 16 << 20, 32 << 20}
 	}
 	for _, chunk := range chunks {
 		for _, conc := range []int{1, 4, 8, 16, 32, 64} {
-			b.Run(fmt.Sprintf("chunk=%dMiB/conc=%d", chunk>>20, conc), func(b *testing.B) {
-				benchReads(b, o, size, chunk, conc)
-			})
+			for _, c := range []struct {
+				name string
+				o    storage.Object
+			}{{"backend", o}, {"raw", raw}} {
+				b.Run(fmt.Sprintf("chunk=%dMiB/conc=%d/%s", chunk>>20, conc, c.name), func(b *testing.B) {
+					benchReads(b, c.o, size, chunk, conc)
+				})
+			}
 		}
 	}
+}
+
+// rawObject reads with one SigV4-signed ranged GET per ReadAt through plain
+// net/http: BenchmarkReadAt's baseline.
+type rawObject struct {
+	hc  *http.Client
+	url string
+	srv *testserver.MinIOServer
+}
+
+func (r *rawObject) Size() int64  { return -1 }
+func (r *rawObject) Close() error { return nil }
+
+func (r *rawObject) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Range", "bytes="+strconv.FormatInt(off, 10)+"-"+strconv.FormatInt(off+int64(len(dst))-1, 10))
+	r.srv.Sign(req, nil)
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent {
+		return 0, fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	n, err := io.ReadFull(resp.Body, dst)
+	var probe [1]byte
+	resp.Body.Read(probe[:])
+	return n, err
 }
 
 func benchReads(b *testing.B, o storage.Object, size, chunk, conc int) {
 	nchunks := int64(size / chunk)
 	b.SetBytes(int64(chunk))
 	b.ResetTimer()
+	cpu0, srv0 := processCPU(), childCPU("minio")
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
@@ -975,4 +1020,7 @@ func benchReads(b *testing.B, o storage.Object, size, chunk, conc int) {
 	if msg := failed.Load(); msg != nil {
 		b.Fatal(msg)
 	}
+	moved := float64(int64(b.N) * int64(chunk))
+	b.ReportMetric(float64(processCPU()-cpu0)/moved, "cpu-ns/B")
+	b.ReportMetric(float64(childCPU("minio")-srv0)/moved, "server-cpu-ns/B")
 }
