@@ -356,6 +356,14 @@ func (a *arena) standalone(n int64) (*segment, error) {
 		sp.live, sp.release = 1, sp.keep
 		return sp, nil
 	}
+	// Every pooled block is too small for this region: unmap them rather
+	// than hold them next to the new one (memory a stream that unmapped
+	// each released block never held at once).
+	for _, sp := range a.pool {
+		sp.keep()
+		a.current -= int64(len(sp.mem))
+	}
+	a.pool, a.poolBytes = nil, 0
 	size := n
 	if !a.fresh {
 		size = max(n, a.largest)
