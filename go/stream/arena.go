@@ -73,7 +73,16 @@ type arena struct {
 	unlimited bool
 	fresh     bool
 	spare     *segment // one released standalone block, kept for reuse
-	largest   int64    // the largest region placed in this arena
+	// pool holds the standalone blocks of an unlimited arena that the
+	// consumer released, pages and all (up to the ring's capacity in
+	// total): a consumer that drops each tensor still needs a grant when
+	// the one tensor it holds sits at the ring's front (regions complete
+	// out of order, and those released behind it cannot leave the ring
+	// first), and mapping a new block each time made the kernel zero
+	// fresh pages for most of a load (issue 8).
+	pool      []*segment
+	poolBytes int64
+	largest   int64 // the largest region placed in this arena
 	// ringUsed is the bytes of the regions in the ring (live, or released
 	// behind an earlier one); outside is the bytes of live regions a
 	// bounded arena placed in standalone memory. A bounded arena keeps
@@ -84,6 +93,9 @@ type arena struct {
 	ringUsed int64
 	outside  int64
 	onWait   func() // called (under mu) when alloc starts waiting
+	// mapped counts the standalone blocks mapped and their bytes: memory
+	// the kernel must zero on first touch, unlike the reused ring.
+	mappedBlocks, mappedBytes int64
 }
 
 func newArena(capacity int64) (*arena, error) {
@@ -215,9 +227,27 @@ func (a *arena) unstick(stuck func() bool) bool {
 		return false
 	}
 	a.grant = true
-	a.fresh = a.unlimited
+	// An unlimited arena reads the rest ahead into fresh memory only for a
+	// consumer that keeps what it takes (the ring is mostly tensors it
+	// holds). A consumer that drops each tensor after the next also gets
+	// stuck, whenever the one tensor it holds sits at the ring's front with
+	// released regions behind it (regions complete out of order and leave
+	// the ring in order): it gets this one region outside the ring, in a
+	// reused block, and the readers stay in the ring (issue 8).
+	a.fresh = a.unlimited && 2*a.heldInRing() >= a.capacity
 	a.cond.Broadcast()
 	return true
+}
+
+// heldInRing is the bytes of the ring's regions not yet released.
+func (a *arena) heldInRing() int64 {
+	var n int64
+	for _, r := range a.live {
+		if r.mem != nil {
+			n += r.span()
+		}
+	}
+	return n
 }
 
 // free returns r's memory.
@@ -230,14 +260,30 @@ func (a *arena) free(r *region) {
 		// Regions leave the ring in allocation order; one released early
 		// waits (marked by a nil mem) until those before it are gone.
 		r.mem = nil
+		moved := false
 		for len(a.live) > 0 && a.live[0].mem == nil {
 			a.ringUsed -= a.live[0].span()
 			a.live = a.live[1:]
+			moved = true
+		}
+		if moved {
+			// The consumer gives ring memory back, so it is not keeping
+			// everything: the readers return to the ring (and wait there)
+			// instead of reading the rest of the load ahead into fresh
+			// memory. Only a consumer that is stuck again gets a grant.
+			a.fresh = false
 		}
 		// A waiter must look again before the consumer may call it stuck.
 		a.waiting = false
 		a.cond.Broadcast()
-	} else if seg.own && a.spare == nil && !a.closed && !a.fresh {
+	} else if seg.own && a.unlimited && !a.closed && a.poolBytes+int64(len(seg.mem)) <= a.capacity {
+		// Kept with its pages: reusing them costs no page faults and no
+		// zeroing, and the pool is bounded by the ring, which an unlimited
+		// arena would have filled the same way.
+		a.pool = append(a.pool, seg)
+		a.poolBytes += int64(len(seg.mem))
+		seg.release = nil
+	} else if seg.own && !a.unlimited && a.spare == nil && !a.closed && !a.fresh {
 		// Keep one standalone block for the next grant (no new mapping),
 		// but not its pages: an idle spare must not hold memory past the
 		// limit.
@@ -275,6 +321,11 @@ func (a *arena) close() {
 		a.current -= int64(len(a.spare.mem))
 		a.spare = nil
 	}
+	for _, sp := range a.pool {
+		give = append(give, sp.keep)
+		a.current -= int64(len(sp.mem))
+	}
+	a.pool, a.poolBytes = nil, 0
 	for _, seg := range append([]*segment{a.ring}, a.lent...) {
 		seg.retired = true
 		if seg.live == 0 && seg.release != nil {
@@ -301,6 +352,18 @@ func (a *arena) standalone(n int64) (*segment, error) {
 		a.current -= int64(len(sp.mem))
 		sp.keep()
 	}
+	if sp := a.fromPool(n); sp != nil {
+		sp.live, sp.release = 1, sp.keep
+		return sp, nil
+	}
+	// Every pooled block is too small for this region: unmap them rather
+	// than hold them next to the new one (memory a stream that unmapped
+	// each released block never held at once).
+	for _, sp := range a.pool {
+		sp.keep()
+		a.current -= int64(len(sp.mem))
+	}
+	a.pool, a.poolBytes = nil, 0
 	size := n
 	if !a.fresh {
 		size = max(n, a.largest)
@@ -311,11 +374,30 @@ func (a *arena) standalone(n int64) (*segment, error) {
 	}
 	a.current += size
 	a.peak = max(a.peak, a.current)
+	a.mappedBlocks++
+	a.mappedBytes += size
 	return &segment{mem: mem, live: 1, retired: true, own: true, release: release, keep: release}, nil
 }
 
-func (a *arena) peakBytes() int64 {
+// fromPool takes the smallest pooled block that holds n bytes, if any.
+func (a *arena) fromPool(n int64) *segment {
+	best := -1
+	for i, sp := range a.pool {
+		if int64(len(sp.mem)) >= n && (best < 0 || len(sp.mem) < len(a.pool[best].mem)) {
+			best = i
+		}
+	}
+	if best < 0 {
+		return nil
+	}
+	sp := a.pool[best]
+	a.pool = slices.Delete(a.pool, best, best+1)
+	a.poolBytes -= int64(len(sp.mem))
+	return sp
+}
+
+func (a *arena) peakBytes() (peak, blocks, mapped int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.peak
+	return a.peak, a.mappedBlocks, a.mappedBytes
 }

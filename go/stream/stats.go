@@ -27,6 +27,8 @@ type Stats struct {
 	Retries          uint64        // transient failures retried
 	TensorsDelivered uint64        // tensors made ready
 	ArenaBytes       uint64        // peak CPU memory the stream allocated
+	FreshBlocks      uint64        // blocks mapped outside the ring (kept tensors, see arena)
+	FreshBytes       uint64        // their bytes: fresh pages the kernel zeroes on first touch
 	FirstTensor      time.Duration // open to first tensor ready; -1 before
 	Elapsed          time.Duration // open to last tensor ready, or to now while streaming
 	MemoryWait       time.Duration // readers waiting for buffer space (consumer-bound)
@@ -47,9 +49,9 @@ func (s *Stream) Stats() Stats {
 	if int(s.delivered.Load()) < s.total {
 		elapsed = time.Since(s.st.start)
 	}
-	var arena int64
+	var arena, blocks, fresh int64
 	if s.arena != nil {
-		arena = s.arena.peakBytes()
+		arena, blocks, fresh = s.arena.peakBytes()
 	}
 	return Stats{
 		BytesRequested:   s.st.bytesRequested.Load(),
@@ -59,6 +61,8 @@ func (s *Stream) Stats() Stats {
 		Retries:          s.st.retries.Load(),
 		TensorsDelivered: uint64(s.delivered.Load()),
 		ArenaBytes:       uint64(arena),
+		FreshBlocks:      uint64(blocks),
+		FreshBytes:       uint64(fresh),
 		FirstTensor:      time.Duration(s.st.firstTensor.Load()),
 		Elapsed:          elapsed,
 		MemoryWait:       time.Duration(s.st.memoryWait.Load()),
