@@ -7,12 +7,9 @@ falls back (one log line) and the first test checks exactly that."""
 
 from __future__ import annotations
 
-import http.client
-import http.server
 import os
 import random
 import struct
-import threading
 
 import pytest
 
@@ -207,70 +204,7 @@ def test_minio_cache_fills_in_one_distributed_load(minio, checkpoints, tmp_path)
 
 
 # ---------------------------------------------------------------------------
-# Bytes fetched from storage, counted on the wire
-
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
-
-
-class CountingProxy:
-    """An HTTP proxy on 127.0.0.1 in front of one server that forwards
-    everything as sent (the client's Host header included, so SigV4
-    signatures stay valid) and counts the body bytes of every GET response:
-    what the clients fetched from storage, whatever they report."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.get_bytes = 0
-        self.gets = 0
-        self._lock = threading.Lock()
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _forward(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                conn = http.client.HTTPConnection(proxy.target, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    out_headers = resp.getheaders()
-                finally:
-                    conn.close()
-                if self.command == "GET":
-                    with proxy._lock:
-                        proxy.get_bytes += len(data)
-                        proxy.gets += 1
-                self.send_response_only(resp.status, resp.reason)
-                for k, v in out_headers:
-                    if k.lower() not in _HOP and (k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+# Bytes fetched from storage, counted on the wire (object_storage.proxy)
 
 
 def _header_bytes(p) -> int:
@@ -288,6 +222,7 @@ def test_minio_three_ranks_fetch_each_byte_once(minio, checkpoints, tmp_path, re
     import urllib.parse
 
     from object_storage import servers
+    from object_storage.proxy import CountingProxy
 
     paths = checkpoints["solo"] + checkpoints["many"] + checkpoints["one_file"]
     uris = [servers.minio_put_object(minio, "dist", f"once/{p.name}", p.read_bytes())

@@ -15,12 +15,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import http.server
 import os
 import json
 import re
 import struct
-import threading
 import urllib.parse
 import zlib
 from pathlib import Path
@@ -42,6 +40,7 @@ from runai_model_streamer import (
 from conftest import call_with_timeout, describe, reference, assert_matches
 
 from . import servers
+from .proxy import ForwardingProxy
 from .conftest import BUCKET, make_store
 
 TIMEOUT = 120
@@ -163,79 +162,23 @@ def azurite_put_blocks(srv: dict, name: str, data: bytes) -> None:
 # ---------------------------------------------------------------------------
 # The bit-flipping proxy
 
-_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
-
-
-class FlipProxy:
-    """An HTTP proxy on 127.0.0.1 in front of one server. Everything is
-    forwarded as sent (the client's Host header included, so signatures stay
-    valid); while a flip is set, every ranged GET whose response carries
-    object byte `offset` (by its Content-Range) has bit `bit` of that byte
+class FlipProxy(ForwardingProxy):
+    """While a flip is set, every ranged GET whose response carries object
+    byte `offset` (by its Content-Range) has bit `bit` of that byte
     inverted."""
 
     def __init__(self, target: str) -> None:
-        self.target = target  # "127.0.0.1:PORT"
         self.offset: Optional[int] = None
         self.bit = 0
         self.flipped = 0
-        self._lock = threading.Lock()
-        proxy = self
+        super().__init__(target)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _forward(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(n) if n else None
-                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    body = self._read_chunked()  # uploads (GCS writes sidecars so)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                conn = http.client.HTTPConnection(proxy.target, timeout=60)
-                try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    out_headers = resp.getheaders()
-                finally:
-                    conn.close()
-                ranged = self.command == "GET" and (self.headers.get("Range") or self.headers.get("x-ms-range"))
-                # Object bytes only: not an error body (a sidecar lookup's 404).
-                if ranged and data and resp.status in (200, 206):
-                    data = proxy._maybe_flip(resp.getheader("Content-Range"), data)
-                self.send_response_only(resp.status, resp.reason)
-                for k, v in out_headers:
-                    if k.lower() not in _HOP and (k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            def _read_chunked(self) -> bytes:
-                parts = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass  # trailers
-                        return b"".join(parts)
-                    parts.append(self.rfile.read(size))
-                    self.rfile.readline()
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def hostport(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
+    def on_response(self, command, request_headers, resp, data: bytes) -> bytes:
+        ranged = command == "GET" and (request_headers.get("Range") or request_headers.get("x-ms-range"))
+        # Object bytes only: not an error body (a sidecar lookup's 404).
+        if ranged and data and resp.status in (200, 206):
+            return self._maybe_flip(resp.getheader("Content-Range"), data)
+        return data
 
     def set(self, offset: int, bit: int = 0) -> None:
         with self._lock:
@@ -262,11 +205,6 @@ class FlipProxy:
         b = bytearray(data)
         b[at] ^= 1 << bit
         return bytes(b)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
 
 # ---------------------------------------------------------------------------
 # Fixtures
