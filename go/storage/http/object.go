@@ -220,33 +220,7 @@ func (o *object) readError(off, n int64, code storage.Code, err error) *storage.
 // breaks off or stalls it returns the bytes received with an Unavailable
 // error, so the caller can resume at off+n.
 func (o *object) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, o.readError(off, int64(len(dst)), storage.Canceled, err)
-	}
-	if o.closed.Load() {
-		return 0, o.readError(off, int64(len(dst)), storage.InvalidArgument, errors.New("object is closed"))
-	}
-	if off < 0 {
-		return 0, o.readError(off, int64(len(dst)), storage.InvalidArgument, errors.New("negative offset"))
-	}
-	if len(dst) == 0 {
-		return 0, nil
-	}
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	want, eof := dst, false
-	if rest := o.size - off; int64(len(want)) > rest {
-		want, eof = want[:rest], true
-	}
-	n, err := o.get(ctx, want, off, int64(len(dst)))
-	if err != nil {
-		return n, err
-	}
-	if eof {
-		return n, io.EOF
-	}
-	return n, nil
+	return storage.ReadWindow(ctx, o.name, o.size, o.closed.Load(), dst, off, o.get)
 }
 
 // expired reports a status with which a redirect target (a presigned URL)
