@@ -38,6 +38,7 @@ from runai_model_streamer.safetensors_streamer.safetensors_streamer import (  # 
     pull_files,
 )
 
+from runai_model_streamer._lazy import lazy_getattr  # noqa: E402
 from runai_model_streamer._version import __version__  # noqa: E402
 
 # Imported on first use (PEP 562): the range streamers and the distributed
@@ -51,17 +52,7 @@ _LAZY = {
     "FileChunks": "runai_model_streamer.file_streamer",
     "DistributedStreamer": "runai_model_streamer.distributed_streamer",
 }
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 
 def __dir__():

@@ -31,16 +31,24 @@ def _has_read_headers() -> bool:
     return _native._function(_native.load()[1], "ms_read_headers") is not None
 
 
-@pytest.fixture(scope="module")
-def minio(tmp_path_factory):
+def _start(tmp_path_factory, name: str):
+    """Starts tests/object_storage's server `name` (skips where it is not
+    installed, unless the servers are required)."""
     from object_storage import servers  # tests/object_storage
 
     try:
-        server = servers.start_minio(tmp_path_factory.mktemp("minio"))
+        return getattr(servers, f"start_{name}")(tmp_path_factory.mktemp(name))
     except servers.ServerNotInstalled as e:
         if os.environ.get("MODEL_STREAMER_REQUIRE_SERVERS") == "1":
             raise
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def minio(tmp_path_factory):
+    from object_storage import servers
+
+    server = _start(tmp_path_factory, "minio")
     servers.minio_create_bucket(server, "dist")
     yield server
     server["stop"]()
@@ -118,14 +126,7 @@ def test_minio_two_processes(minio, checkpoints, tmp_path):
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory):
-    from object_storage import servers  # tests/object_storage
-
-    try:
-        server = servers.start_nginx(tmp_path_factory.mktemp("nginx"))
-    except servers.ServerNotInstalled as e:
-        if os.environ.get("MODEL_STREAMER_REQUIRE_SERVERS") == "1":
-            raise
-        pytest.skip(str(e))
+    server = _start(tmp_path_factory, "nginx")
     yield server
     server["stop"]()
 

@@ -45,23 +45,15 @@ from runai_model_streamer.s3_utils.s3_utils import (  # noqa: F401 - patch point
     s3_pull_files,
 )
 
+from runai_model_streamer._lazy import lazy_getattr
+
 # Public at this path too, but imported on first use (PEP 562): they import
 # torch, which list_safetensors, pull_files and ObjectStorageModel do not need.
 _LAZY = {
     "SafetensorsStreamer": "runai_model_streamer.streamer",
     "SafetensorMetadata": "runai_model_streamer.metadata",
 }
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(globals(), _LAZY)
 
 
 __all__ = [
