@@ -47,19 +47,28 @@ from run import drop_cache, fmt_bytes, log, parse_bytes, warm_cache  # noqa: E40
 # The integrity benchmark's consumer, then the wait for the cache entries
 # (what the interpreter's exit would do anyway), timed on its own.
 TIMED_CONSUMER = CONSUMER.replace(
+    "t0 = time.perf_counter()\n",
+    "import resource\n"
+    "def cpu():\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    return r.ru_utime + r.ru_stime\n"
+    "c0 = cpu()\n"
+    "t0 = time.perf_counter()\n",
+).replace(
     "    for name, t in s.get_tensors():\n",
     "    first = None\n    for name, t in s.get_tensors():\n"
     "        first = first if first is not None else time.perf_counter() - t0\n",
 ).replace(
     'print(json.dumps({"s": time.perf_counter() - t0, "bytes": total, "check": check}))',
     'load_s = time.perf_counter() - t0\n'
+    'cpu_s = cpu() - c0\n'
     'from runai_model_streamer import _native\n'
     't1 = time.perf_counter()\n'
     '_native.cache_wait(-1)\n'
-    'print(json.dumps({"s": load_s, "first_s": first, "commit_s": time.perf_counter() - t1, "bytes": total,'
-    ' "check": check}))',
+    'print(json.dumps({"s": load_s, "cpu_s": cpu_s, "first_s": first, "commit_s": time.perf_counter() - t1,'
+    ' "bytes": total, "check": check}))',
 )
-assert "commit_s" in TIMED_CONSUMER and "first_s" in TIMED_CONSUMER
+assert "commit_s" in TIMED_CONSUMER and "first_s" in TIMED_CONSUMER and "cpu_s" in TIMED_CONSUMER
 
 
 def entries(cache_dir):
@@ -75,6 +84,9 @@ def main() -> int:
     p.add_argument("--work-dir", default="/tmp", help="where MinIO's data, the cache and the local copy go")
     p.add_argument("--reps", type=int, default=1,
                    help="rounds of the six loads, in one run (medians are reported; default 1)")
+    p.add_argument("--compare-lib", metavar="SO",
+                   help="also run the first load with this libmodelstreamer.so (MODEL_STREAMER_LIB) in each "
+                        "round, as 'first (SO)': a before/after of a change, side by side")
     a = p.parse_args()
 
     servers = load_servers()
@@ -107,8 +119,9 @@ def main() -> int:
                 raise SystemExit(f"{label}: FAILED: {r.stderr.strip()[-800:]}")
             out = json.loads(r.stdout.strip().splitlines()[-1])
             out["gbps"] = out["bytes"] / out["s"] / 1e9
+            out["cpu_per_gb"] = out["cpu_s"] / (out["bytes"] / 1e9)
             log(f"{label:12s} {out['gbps']:.2f} GB/s ({out['s']:.2f} s, first tensor {out['first_s']:.3f} s; "
-                f"commit after the load {out['commit_s']:.2f} s)")
+                f"client CPU {out['cpu_per_gb']:.2f} s/GB; commit after the load {out['commit_s']:.2f} s)")
             return out
 
         rounds = []
@@ -121,6 +134,9 @@ def main() -> int:
             }
             if len(entries(cache_dir)) != 1:
                 raise SystemExit(f"the first load left {len(entries(cache_dir))} cache entries, not 1")
+            if a.compare_lib:
+                r["first (other lib)"] = run("first (other lib)", uri, dict(cached, MODEL_STREAMER_LIB=a.compare_lib),
+                                             lambda: shutil.rmtree(cache_dir, ignore_errors=True))
             r["second hot"] = run("second hot", uri, cached, lambda: warm_cache(entries(cache_dir)))
             r["second cold"] = run("second cold", uri, cached, lambda: drop_cache(entries(cache_dir)))
             r["local hot"] = run("local hot", local, env, lambda: warm_cache([local]))
@@ -130,7 +146,7 @@ def main() -> int:
         if len(checks) != 1:
             raise SystemExit(f"the loads delivered different bytes: {checks}")
         results = {k: {f: statistics.median(rnd[k][f] for rnd in rounds)
-                       for f in ("gbps", "s", "first_s", "commit_s")}
+                       for f in ("gbps", "s", "first_s", "commit_s", "cpu_per_gb")}
                    for k in rounds[0]}
         per_rep = {k: ", ".join(f"{rnd[k]['gbps']:.2f}" for rnd in rounds) for k in rounds[0]}
 
@@ -139,11 +155,14 @@ def main() -> int:
         for k, v in results.items():
             reps = f"; per round {per_rep[k]}" if a.reps > 1 else ""
             print(f"  {k:12s} {v['gbps']:.2f}  ({v['s']:.2f} s, first tensor {v['first_s']:.3f} s; "
-                  f"commit after the load {v['commit_s']:.2f} s{reps})")
+                  f"client CPU {v['cpu_per_gb']:.2f} s/GB; commit after the load {v['commit_s']:.2f} s{reps})")
         print("ratios within each round (median; per round), target >= 0.9:")
-        for num, den in (("first", "uncached"), ("second hot", "local hot"), ("second cold", "local cold")):
+        pairs = [("first", "uncached"), ("second hot", "local hot"), ("second cold", "local cold")]
+        if a.compare_lib:
+            pairs.insert(1, ("first (other lib)", "uncached"))
+        for num, den in pairs:
             rs = [rnd[num]["gbps"] / rnd[den]["gbps"] for rnd in rounds]
-            print(f"  {num + ' / ' + den:24s} {statistics.median(rs):.2f}  ({', '.join(f'{r:.2f}' for r in rs)})")
+            print(f"  {num + ' / ' + den:33s} {statistics.median(rs):.2f}  ({', '.join(f'{r:.2f}' for r in rs)})")
         return 0
     finally:
         srv["stop"]()

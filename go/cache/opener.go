@@ -57,6 +57,9 @@ type Stats struct {
 	// WriteNanos is the time readers spent writing through (pwrite and
 	// CRC), which the first load pays on top of reading.
 	WriteNanos atomic.Int64
+	// DirectBytes counts the bytes written with O_DIRECT (the rest went
+	// through the page cache: partial pages, file systems without it).
+	DirectBytes atomic.Int64
 }
 
 // Stats returns the Opener's counters.

@@ -261,6 +261,9 @@ func TestSecondLoadIsLocal(t *testing.T) {
 			if n := o.Stats().Committed.Load(); n != 1 {
 				t.Fatalf("committed %d entries, want 1", n)
 			}
+			if d := o.Stats().DirectBytes.Load(); cache.DirectAllowed(dir) && d < int64(len(data))*9/10 {
+				t.Fatalf("%d of %d bytes written with O_DIRECT, want all but the ranges' partial pages", d, len(data))
+			}
 			es := entries(t, dir)
 			if len(es) != 1 || es[0].URI != uri || es[0].Size != int64(len(data)) || es[0].Checksum == "" {
 				t.Fatalf("entries after the first load: %+v", es)

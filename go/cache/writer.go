@@ -28,9 +28,10 @@ func randomID() uint64 {
 // writer is a store's object that writes every byte range read from it to
 // its entry's temporary file: in the reader goroutine that read it, from
 // the memory it was read into (the engine's arena), before the read
-// returns. The range is then in the page cache; the engine hands tensors
-// out after its readers return, so the write costs the tensors a memory
-// copy into the page cache, never a second fetch.
+// returns, never a second fetch. Whole pages go to the disk with O_DIRECT
+// from that memory (see directFile), so the write costs the load no copy
+// and little CPU; the partial pages at a range's ends go through the page
+// cache.
 //
 // Close completes the entry when the reads (and contributed bytes) covered
 // the object, or all but a little that it fetches then, and the bytes check
@@ -41,6 +42,7 @@ type writer struct {
 	e              entry
 	lk             *os.File // e's lock, held exclusively until the entry is complete or discarded
 	f              *os.File
+	direct         *directFile // f again, opened O_DIRECT; nil: f alone
 	tmp            string
 
 	// want is the store's checksum to verify against when it is a CRC
@@ -61,7 +63,7 @@ type writer struct {
 type span struct{ lo, hi int64 }
 
 func newWriter(o *Opener, e entry, obj storage.Object, l, f *os.File, tmp string) *writer {
-	w := &writer{Object: obj, o: o, e: e, lk: l, f: f, tmp: tmp}
+	w := &writer{Object: obj, o: o, e: e, lk: l, f: f, direct: openDirect(tmp), tmp: tmp}
 	alg := ownCRC
 	// Whatever the stream's own mode: an entry is checked against the best
 	// checksum the store keeps, as require would choose it.
@@ -125,7 +127,9 @@ func (w *writer) put(p []byte, off int64, fresh []span) {
 	defer func() { w.o.stats.WriteNanos.Add(int64(time.Since(start))) }()
 	for _, s := range fresh {
 		b := p[s.lo-off : s.hi-off]
-		if _, err := w.f.WriteAt(b, s.lo); err != nil {
+		direct, err := w.direct.writeAt(w.f, b, s.lo)
+		w.o.stats.DirectBytes.Add(direct)
+		if err != nil {
 			w.fail(err)
 			return
 		}
@@ -267,6 +271,7 @@ func (w *writer) Close() error {
 			return
 		}
 		w.o.stats.Committed.Add(1)
+		_ = w.direct.Close()
 		_ = w.f.Close()
 		w.lk.Close()
 		// Over the limit now (other processes wrote meanwhile): make room,
@@ -300,6 +305,7 @@ func Contribute(uri string, off int64, p []byte) bool {
 // discard removes the temporary file and releases the entry.
 func (w *writer) discard() {
 	_ = os.Remove(w.tmp)
+	_ = w.direct.Close()
 	_ = w.f.Close()
 	w.lk.Close()
 }
@@ -346,8 +352,8 @@ func (w *writer) commit() error {
 		}
 		verified = w.want.String()
 	default:
-		// No CRC from the store: read the file back (from the page cache)
-		// and check it is what the reads returned, and the store's MD5
+		// No CRC from the store: read the file back (from the disk, for
+		// the pages written direct) and check it is what the reads returned, and the store's MD5
 		// when it keeps one.
 		if err := w.readBack(sum); err != nil {
 			return err
