@@ -77,7 +77,7 @@ nvidia-smi > "$OUT/nvidia-smi.log" 2>&1
 # with one GPU), the API's CUDA device, and the spec's examples (cuda:0).
 echo "== tests (timeout ${TEST_TIMEOUT}s)"
 timeout -k 10 "$TEST_TIMEOUT" "$PY" -m pytest -x -q -p no:cacheprovider \
-    tests/distributed/test_gpu.py tests/test_api.py tests/test_spec_examples.py \
+    tests/distributed/test_gpu.py tests/distributed/test_cache_fill.py tests/test_api.py tests/test_spec_examples.py \
     -k "gpu or cuda or nccl or spec_examples" 2>&1 | tee "$OUT/tests.log"
 tests_rc=${PIPESTATUS[0]}
 

@@ -302,6 +302,14 @@ func Contribute(uri string, off int64, p []byte) bool {
 	return true
 }
 
+// Writing reports whether this process is writing an entry for uri now,
+// so that a caller whose received bytes are not in host memory (a
+// distributed load to a GPU) copies them back only when they are wanted.
+func Writing(uri string) bool {
+	_, ok := active.Load(uri)
+	return ok
+}
+
 // discard removes the temporary file and releases the entry.
 func (w *writer) discard() {
 	_ = os.Remove(w.tmp)

@@ -70,6 +70,10 @@ func msgo_cache_contribute(uri *C.char, offset C.int64_t, data unsafe.Pointer, n
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
 	if n == 0 {
+		// A query: would bytes of uri be taken?
+		if cache.Writing(C.GoString(uri)) {
+			return 1
+		}
 		return 0
 	}
 	if cache.Contribute(C.GoString(uri), int64(offset), unsafe.Slice((*byte)(data), int(n))) {

@@ -246,7 +246,9 @@ int ms_cache_wait(int32_t timeout_ms);
  * share of each object and receives the rest from its peers). Returns 1 if
  * an entry being written took them, 0 if none is (nothing to do), or a
  * negative error code. The bytes are written before it returns; data is
- * only borrowed. */
+ * only borrowed. With len 0 (data may be NULL) it writes nothing and
+ * answers whether an entry for uri is being written: 1 or 0, so that bytes
+ * that are not in host memory are copied back only when wanted. */
 int ms_cache_contribute(const char *uri, int64_t offset, const void *data, int64_t len);
 /* CDEF END */
 

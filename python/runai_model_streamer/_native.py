@@ -310,6 +310,19 @@ def cache_contribute(uri: str, offset: int, address: int, nbytes: int) -> bool:
     return rc == 1
 
 
+def cache_writing(uri: str) -> bool:
+    """Whether this process is writing a local cache entry for uri now
+    (cache_contribute would take its bytes)."""
+    ffi, lib = load()
+    fn = _function(lib, "ms_cache_contribute")
+    if fn is None:
+        return False
+    rc = fn(uri.encode("utf-8"), 0, ffi.NULL, 0)
+    if rc < 0:
+        raise error_for(rc, f"{uri}: ms_cache_contribute failed")
+    return rc == 1
+
+
 def _finish_cache_entries(lib: Any, pid: int) -> None:
     """Lets the cache entries of this process's closed streams complete
     (they are synced in the background, so closing a stream never waits for

@@ -47,6 +47,7 @@ import torch
 
 from runai_model_streamer import _native
 from runai_model_streamer.config import READ_MODES
+from runai_model_streamer.distributed.cache_fill import contribute
 from runai_model_streamer.distributed.errors import (
     RunaiStreamerDistributedError,
     error_class_index,
@@ -314,6 +315,7 @@ class DistributedStream:
         self._state = "new"  # new -> running -> done | failed | abandoned
         self._send: Optional[torch.Tensor] = None
         self._recv: Optional[torch.Tensor] = None
+        self._cache_host: Optional[torch.Tensor] = None  # see _contribute_host
         self._copier = None
         self._lock = threading.Lock()
         self.rounds = 0
@@ -605,21 +607,27 @@ class DistributedStream:
             buf = self._staging("recv", total)
         self._broadcast(buf, src)
         self.bytes_received += total
-        if buf.device.type == "cpu":
-            self._contribute(buf, gids, offsets)
+        self._contribute(buf, gids, offsets)
         yield from self._slices(buf, gids, offsets, single)
 
     def _contribute(self, buf: torch.Tensor, gids: List[int], offsets: List[int]) -> None:
         """Hands the received ranges to the local cache entries this process
         writes (MODEL_STREAMER_CACHE_DIR): it read only its share of each
         object, and the entry needs every byte. A no-op without a cache, or
-        where another process of the node writes the entry. Host memory only:
-        bytes received on a device would need a copy back first."""
-        base = buf.data_ptr()
+        where another process of the node writes the entry."""
         for g, off in zip(gids, offsets):
             fi, begin, end = self.plan.spans[g]
             if end > begin:
-                _native.cache_contribute(self.ranges.paths[fi], begin, base + off, end - begin)
+                contribute(self.ranges.paths[fi], begin, buf[off:off + end - begin], self._contribute_host)
+
+    def _contribute_host(self, n: int) -> torch.Tensor:
+        """Host memory (pinned where CUDA is) to bring received device bytes
+        back through for the cache, reused across ranges."""
+        buf = self._cache_host
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+            self._cache_host = buf
+        return buf[:n]
 
     def _slices(self, buf: torch.Tensor, gids: List[int], offsets: List[int],
                 single: bool) -> Iterator[Tuple[Any, torch.Tensor]]:
