@@ -225,6 +225,21 @@ func (c *Cache) List() ([]Entry, error) {
 	return out, nil
 }
 
+// verifiedAs is the store's checksum e's bytes were verified against when
+// it was written, or "" when the store kept none (the bytes were then only
+// checked as written: see Meta.Checksum).
+func verifiedAs(e entry) string {
+	b, err := os.ReadFile(e.meta())
+	if err != nil {
+		return ""
+	}
+	var m Meta
+	if json.Unmarshal(b, &m) != nil || strings.HasSuffix(m.Checksum, writtenSuffix) {
+		return ""
+	}
+	return m.Checksum
+}
+
 // touch records a use of e (its LRU time).
 func touch(e entry) {
 	now := time.Now()

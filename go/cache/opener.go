@@ -163,7 +163,7 @@ func (o *Opener) hit(ctx context.Context, e entry) storage.Object {
 	}
 	touch(e)
 	o.stats.Hits.Add(1)
-	return local(obj, func() { l.Close() })
+	return local(obj, verifiedAs(e), func() { l.Close() })
 }
 
 // startWrite makes this stream e's writer: it takes e's lock exclusively,
@@ -233,9 +233,14 @@ func (c *Cache) replaceOthers(ns string, e entry) {
 // engine looks for (Aligned for O_DIRECT, Mappable for a resident file).
 type localObject struct {
 	storage.Object
-	once    sync.Once
-	release func()
+	verified string // the store's checksum the entry was checked against; "": none
+	once     sync.Once
+	release  func()
 }
+
+// VerifiedAs makes a hit a storage.Preverified: its bytes were checked
+// against the store's checksum when the entry was written.
+func (l *localObject) VerifiedAs() string { return l.verified }
 
 func (l *localObject) Close() error {
 	err := l.Object.Close()
@@ -264,8 +269,8 @@ type mappableLocal struct {
 	storage.Mappable
 }
 
-func local(obj storage.Object, release func()) storage.Object {
-	l := &localObject{Object: obj, release: release}
+func local(obj storage.Object, verified string, release func()) storage.Object {
+	l := &localObject{Object: obj, verified: verified, release: release}
 	if a, ok := obj.(storage.Aligned); ok {
 		return alignedLocal{l, a}
 	}

@@ -366,7 +366,7 @@ func (w *writer) commit() error {
 		if err := w.readBack(sum); err != nil {
 			return err
 		}
-		verified = string(ownCRC) + ":" + checksum.Format(sum) + " (written)"
+		verified = string(ownCRC) + ":" + checksum.Format(sum) + writtenSuffix
 		if w.md5Want != nil {
 			verified = string(checksum.MD5) + ":" + checksum.Format(w.md5Want)
 		}
@@ -388,6 +388,10 @@ func (w *writer) commit() error {
 // ownCRC is the CRC the writer checks its own writes with when the store
 // keeps no CRC.
 const ownCRC = checksum.CRC32
+
+// writtenSuffix marks a Meta.Checksum that is the writer's own CRC of the
+// bytes as written, not a value the store keeps.
+const writtenSuffix = " (written)"
 
 // readBack checks the temporary file against the CRC32 of what was
 // written (and against the store's MD5, when set) in one pass.

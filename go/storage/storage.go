@@ -73,6 +73,15 @@ type Checksummed interface {
 	NoChecksumReason() string
 }
 
+// Preverified is an object whose bytes were checked against their store's
+// whole-object checksum before this stream (a local cache entry, checked
+// when it was written). VerifiedAs names that check ("crc32c:1a2b3c4d"),
+// or is "" when none was made. MODEL_STREAMER_VERIFY=require accepts such
+// an object without checking it again.
+type Preverified interface {
+	VerifiedAs() string
+}
+
 // Backend opens objects of one URI scheme.
 type Backend interface {
 	Open(ctx context.Context, uri string) (Object, error)

@@ -91,6 +91,7 @@ type fileState struct {
 	ver          *verifier
 	prefixHashed int64
 	note         Verification
+	preverified  bool // its object's bytes were verified before (storage.Preverified)
 
 	// side checks tensors against the file's checksum sidecar (nil: none;
 	// see sidecar.go); sideWait waits for the lookup openObject started.

@@ -199,6 +199,11 @@ func (s *Stream) wantChecksum(f *fileState) error {
 		f.note.Skipped = integrity.Setting + "=off"
 		return nil
 	}
+	if p, ok := f.obj.(storage.Preverified); ok && p.VerifiedAs() != "" {
+		f.preverified = true
+		f.note.Skipped = "verified as " + p.VerifiedAs() + " before this stream (a local cache entry, when it was written)"
+		return nil
+	}
 	want, reason, ok := integrity.Want(f.obj, s.cfg.Verify)
 	if !ok {
 		f.note.Skipped = reason
@@ -226,7 +231,7 @@ func (s *Stream) planVerify() error {
 		if reason != "" {
 			f.ver = nil
 			f.note.Skipped = reason
-			if s.cfg.Verify == integrity.Require && !bySidecar {
+			if s.cfg.Verify == integrity.Require && !bySidecar && !f.preverified {
 				return &integrity.UnverifiableError{URI: f.uri, Reason: reason + "; " + sidecarReason(f)}
 			}
 			continue

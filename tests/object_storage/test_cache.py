@@ -117,3 +117,20 @@ def test_stream_command_cache_dir(store, checkpoint, tmp_path, monkeypatch, caps
     listing = _cli_json(capsys, "cache", "ls", "--cache-dir", str(cache_dir))
     assert sorted(e["uri"] for e in listing["entries"]) == sorted(uris)
     assert all(_strategies(uris, store.scheme))
+
+
+def test_require_accepts_an_entry_verified_when_written(store, checkpoint, checkpoint_reference, tmp_path,
+                                                       monkeypatch):
+    """MODEL_STREAMER_VERIFY=require: a hit is the entry the store's checksum
+    verified when it was written, which satisfies require (a local file with
+    no sidecar would not)."""
+    uris = store.upload(checkpoint[:1])
+    monkeypatch.setenv("MODEL_STREAMER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MODEL_STREAMER_VERIFY", "require")
+    first = call_with_timeout(lambda: _load(uris), TIMEOUT)
+    assert _native.cache_wait(TIMEOUT * 1000)
+    assert all(_strategies(uris, store.scheme)), "no entry written"
+    second = call_with_timeout(lambda: _load(uris), TIMEOUT)
+    assert set(first) == set(second)
+    for name in first:
+        assert_matches(name, second[name], checkpoint_reference[name])
