@@ -456,15 +456,23 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
 	}
 	ctx := context.Background()
-	reg := req.registry()
-	obj, err := reg.Open(ctx, C.GoString(uri))
+	// Through the local cache when one is set: a hit copies the entry, a
+	// miss writes the entry through as it downloads.
+	opener, err := req.opener(false)
+	if err != nil {
+		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+	}
+	obj, err := opener.Open(ctx, C.GoString(uri))
 	if err != nil {
 		return fail(errBuf, errLen, err)
 	}
 	defer obj.Close()
 	opts := fetch.Options{Concurrency: req.concurrency, ChunkBytes: req.chunkBytes, Retry: req.retry,
 		Verify: req.verify, URI: C.GoString(uri)}
-	if c, ch, ok := reg.Tuning(C.GoString(uri)); ok {
+	if t, ok := opener.(interface {
+		Tuning(string) (int, int64, bool)
+	}); ok {
+		c, ch, _ := t.Tuning(C.GoString(uri))
 		opts.Concurrency = cmp.Or(opts.Concurrency, c)
 		opts.ChunkBytes = cmp.Or(opts.ChunkBytes, ch)
 	}

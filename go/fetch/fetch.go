@@ -48,7 +48,11 @@ func ToFile(ctx context.Context, obj storage.Object, path string, opts Options) 
 	}
 	var want storage.Checksum
 	var pieces *integrity.Pieces
-	if opts.Verify != integrity.Off {
+	// A local cache entry was checked against the store's checksum when it
+	// was written.
+	p, ok := obj.(storage.Preverified)
+	preverified := ok && p.VerifiedAs() != ""
+	if opts.Verify != integrity.Off && !preverified {
 		var reason string
 		var ok bool
 		if want, reason, ok = integrity.Want(obj, opts.Verify); !ok && opts.Verify == integrity.Require {

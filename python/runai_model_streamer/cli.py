@@ -4,7 +4,7 @@
                                 [--read-mode M] [--chunk-bytes N] [--json]
   model-streamer demo [--dir D] [--size-gb G] [--keep] [--cold] [--json]
   model-streamer ls URI [--recursive] [--json]
-  model-streamer pull URI DIR [--allow PATTERN ...] [--ignore PATTERN ...]
+  model-streamer pull URI DIR [--allow PATTERN ...] [--ignore PATTERN ...] [--cache-dir DIR]
   model-streamer checksum PATH|URI... [--json]
   model-streamer verify PATH|URI... [--json]
   model-streamer cache ls|du|prune|clear [--cache-dir DIR] [--max-bytes N] [--json]
@@ -691,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    def cache_settings(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--cache-dir", metavar="DIR",
+                       help=f"keep a local copy of object-store files in DIR and read it on "
+                            f"later loads (sets {CACHE_DIR_ENV})")
+        p.add_argument("--cache-max-bytes", type=_parse_bytes, metavar="N",
+                       help=f"the cache's size limit, e.g. 500G (sets {CACHE_MAX_BYTES_ENV}; "
+                            "default: half of what the cache holds plus the free space)")
+
     def settings(p: argparse.ArgumentParser) -> None:
         p.add_argument("--concurrency", type=_positive_int, metavar="N",
                        help=f"reads in flight (sets {CONCURRENCY_ENV}; default: the "
@@ -702,12 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"bytes per read (sets {CHUNK_BYTESIZE_ENV})")
         p.add_argument("--read-mode", choices=sorted(READ_MODES),
                        help=f"how local files are read (sets {READ_MODE_ENV}; default auto)")
-        p.add_argument("--cache-dir", metavar="DIR",
-                       help=f"keep a local copy of object-store files in DIR and read it on "
-                            f"later loads (sets {CACHE_DIR_ENV})")
-        p.add_argument("--cache-max-bytes", type=_parse_bytes, metavar="N",
-                       help=f"the cache's size limit, e.g. 500G (sets {CACHE_MAX_BYTES_ENV}; "
-                            "default: half of what the cache holds plus the free space)")
+        cache_settings(p)
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.add_argument("--progress", dest="progress", action="store_true", default=None,
                        help="show a progress bar on stderr even when it is not a terminal")
@@ -755,6 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ranged reads in flight per file (sets {CONCURRENCY_ENV})")
     p.add_argument("--chunk-bytes", metavar="N",
                    help=f"bytes per read (sets {CHUNK_BYTESIZE_ENV})")
+    cache_settings(p)
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="show a progress bar on stderr even when it is not a terminal")
     p.add_argument("--no-progress", dest="progress", action="store_false",

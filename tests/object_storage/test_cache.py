@@ -7,6 +7,7 @@ setting reaches the library and the CLI manages what it wrote."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -134,3 +135,33 @@ def test_require_accepts_an_entry_verified_when_written(store, checkpoint, check
     assert set(first) == set(second)
     for name in first:
         assert_matches(name, second[name], checkpoint_reference[name])
+
+
+def test_pull_goes_through_the_cache(store, checkpoint, tmp_path, monkeypatch):
+    """`model-streamer pull --cache-dir DIR` writes entries as it downloads;
+    a second pull copies them (its trace has no ranged GET) and both copies
+    are the checkpoint's bytes."""
+    uris = store.upload(checkpoint[:2])
+    prefix = uris[0].rsplit("/", 1)[0] + "/"
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("MODEL_STREAMER_CACHE_DIR", "")  # restored after the CLI sets it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUNAI_STREAMER_S3_TRACE", "1")
+    trace = tmp_path / f"model-streamer-trace-{os.getpid()}.log"
+
+    def ranged_gets():
+        text = trace.read_text() if trace.exists() else ""
+        return sum(1 for ln in text.splitlines() if " GET " in ln and 'range="bytes=' in ln)
+
+    for n, d in enumerate(("first", "second")):
+        before = ranged_gets()
+        assert cli(["pull", prefix, str(tmp_path / d), "--cache-dir", str(cache_dir), "--no-progress"]) == 0
+        assert _native.cache_wait(TIMEOUT * 1000)
+        if n == 0:
+            assert ranged_gets() > before
+            listing = _native.cache_manage("ls", str(cache_dir))
+            assert sorted(e["uri"] for e in listing["entries"]) == sorted(uris)
+        else:
+            assert ranged_gets() == before, "the second pull read the store"
+        for p in checkpoint[:2]:
+            assert (tmp_path / d / p.name).read_bytes() == p.read_bytes()
