@@ -3,7 +3,9 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"os"
 )
 
 // ReadWindow is the ReadAt of an object of size bytes named uri whose
@@ -22,7 +24,7 @@ func ReadWindow(ctx context.Context, uri string, size int64, closed bool, dst []
 		return fail(Canceled, err)
 	}
 	if closed {
-		return fail(InvalidArgument, errors.New("object is closed"))
+		return fail(InvalidArgument, fmt.Errorf("object is closed: %w", os.ErrClosed))
 	}
 	if off < 0 {
 		return fail(InvalidArgument, errors.New("negative offset"))

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -50,33 +49,8 @@ var errStalled = errors.New("stalled")
 // response body breaks off, ReadAt returns the bytes received and an
 // Unavailable error, so that a retry resumes where it stopped.
 func (o *object) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, o.readError(off, len(dst), storage.InvalidArgument, errors.New("negative offset"))
-	}
-	if o.closed.Load() {
-		return 0, o.readError(off, len(dst), storage.InvalidArgument, os.ErrClosed)
-	}
-	if off >= o.size {
-		return 0, io.EOF
-	}
-	if len(dst) == 0 {
-		return 0, nil
-	}
-	want := int64(len(dst))
-	if rest := o.size - off; want > rest {
-		want = rest
-	}
-	if err := ctx.Err(); err != nil {
-		return 0, o.readError(off, int(want), storage.Canceled, err)
-	}
-	n, err := o.get(ctx, dst[:want], off)
-	if err != nil {
-		return n, err
-	}
-	if want < int64(len(dst)) {
-		return n, io.EOF
-	}
-	return n, nil
+	return storage.ReadWindow(ctx, o.uri, o.size, o.closed.Load(), dst, off,
+		func(ctx context.Context, dst []byte, off, _ int64) (int, error) { return o.get(ctx, dst, off) })
 }
 
 // get fills dst from off with one request, under the stall watchdog.
