@@ -80,7 +80,32 @@ func (a *authorizer) authorize(req *http.Request) error {
 // tokenError is a failure to obtain an access token: no request was sent.
 type tokenError struct{ err error }
 
-func (e *tokenError) Error() string { return "getting an access token: " + e.err.Error() }
+func (e *tokenError) Error() string {
+	// oauth2's own message quotes the whole answer over two lines; the
+	// OAuth error code and description say it in one.
+	var re *oauth2.RetrieveError
+	if errors.As(e.err, &re) && re.Response != nil {
+		code, desc := re.ErrorCode, re.ErrorDescription
+		if code == "" { // the JWT flow leaves them unparsed
+			var j struct {
+				Error       string `json:"error"`
+				Description string `json:"error_description"`
+			}
+			if json.Unmarshal(re.Body, &j) == nil {
+				code, desc = j.Error, j.Description
+			}
+		}
+		if code != "" {
+			msg := "getting an access token: the token endpoint answered " + re.Response.Status + ": " + code
+			if desc != "" {
+				msg += " (" + desc + ")"
+			}
+			return msg
+		}
+	}
+	return "getting an access token: " + e.err.Error()
+}
+
 func (e *tokenError) Unwrap() error { return e.err }
 
 // tokenStatus is the HTTP answer of a token endpoint that refused, when
