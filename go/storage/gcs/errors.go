@@ -3,26 +3,29 @@ package gcs
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"syscall"
 	"time"
 
-	"cloud.google.com/go/auth"
-	gcs "cloud.google.com/go/storage"
-	"google.golang.org/api/googleapi"
-
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// classify maps an SDK or transport error to a storage.Error. ctx is the
+// classify maps a failure that got no HTTP answer (a transport error, a
+// stall, a token that could not be had) to a storage.Error. ctx is the
 // caller's context: once it is done, the failure is a cancellation.
 func classify(ctx context.Context, op, uri string, off, n int64, err error) *storage.Error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // net/http quotes the whole URL; the URI says which object
+	}
 	e := &storage.Error{Op: op, URI: uri, Off: off, Len: n, Err: err}
 	if cerr := ctx.Err(); cerr != nil {
 		e.Code = storage.Canceled
@@ -31,34 +34,28 @@ func classify(ctx context.Context, op, uri string, off, n int64, err error) *sto
 		}
 		return e
 	}
-	var ge *googleapi.Error
-	var ae *auth.Error
+	var se *storage.Error
+	var te *tokenError
+	var stall *stallError
 	var cve *tls.CertificateVerificationError
 	switch {
-	case errors.As(err, &ge):
-		e.Code = codeOfStatus(ge.Code)
-		e.RetryAfter = storage.RetryAfter(ge.Header, time.Now())
-		reason, msg := describe(ge)
-		e.Err = &storage.HTTPError{Status: ge.Code, Code: reason, Message: msg, Err: err}
-	case errors.Is(err, gcs.ErrObjectNotExist), errors.Is(err, gcs.ErrBucketNotExist):
-		e.Code = storage.NotFound
-		msg := "no such object"
-		if errors.Is(err, gcs.ErrBucketNotExist) {
-			msg = "no such bucket"
-		} else if op == "read" {
-			msg = "no such object (deleted or replaced since it was opened)"
-		}
-		e.Err = &storage.HTTPError{Status: http.StatusNotFound, Message: msg, Err: err}
-	case errors.As(err, &ae):
-		// Fetching a token failed.
+	case errors.As(err, &se):
+		return se // classified already (an error answer inside a retry)
+	case errors.As(err, &stall):
 		e.Code = storage.Unavailable
-		if r := ae.Response; r != nil {
+	case errors.As(err, &te):
+		// Fetching a token failed: a refusal is final, anything else
+		// (an unreachable or overloaded token endpoint) transient.
+		e.Code = storage.Unavailable
+		if r := tokenStatus(err); r != nil {
 			switch {
 			case r.StatusCode == http.StatusTooManyRequests || r.StatusCode >= 500:
 				e.RetryAfter = storage.RetryAfter(r.Header, time.Now())
-			case r.StatusCode >= 400:
+			case r.StatusCode >= 400 && r.StatusCode != http.StatusRequestTimeout:
 				e.Code = storage.PermissionDenied
 			}
+		} else if !transient(err) && !errors.Is(err, context.DeadlineExceeded) {
+			e.Code = storage.PermissionDenied
 		}
 	case errors.As(err, &cve):
 		e.Code = storage.PermissionDenied
@@ -83,31 +80,69 @@ func codeOfStatus(status int) storage.Code {
 
 // transient reports connection-level failures worth retrying.
 func transient(err error) bool {
-	for _, target := range []error{io.ErrUnexpectedEOF, io.EOF, errReopenRefused, net.ErrClosed,
+	for _, target := range []error{io.ErrUnexpectedEOF, io.EOF, net.ErrClosed,
 		syscall.ECONNRESET, syscall.ECONNREFUSED, syscall.ECONNABORTED, syscall.EPIPE, syscall.ETIMEDOUT} {
 		if errors.Is(err, target) {
 			return true
 		}
 	}
-	var ne net.Error // includes *url.Error, *net.OpError, timeouts
+	var ne net.Error // includes *net.OpError, timeouts
 	return errors.As(err, &ne)
 }
 
-// describe returns the reason and message of an error answer: the JSON
-// API's parsed error, or the XML API's <Error><Code/><Message/></Error>.
-func describe(ge *googleapi.Error) (reason, msg string) {
-	msg = ge.Message
-	if len(ge.Errors) > 0 {
-		reason = ge.Errors[0].Reason
-		if msg == "" {
-			msg = ge.Errors[0].Message
+// maxErrorBody bounds what is read of an error answer's body.
+const maxErrorBody = 64 << 10
+
+// statusError is the storage.Error of an answer with an error status: its
+// code, its Retry-After, and a storage.HTTPError with the reason and
+// message the body gives. A 404 to a read is an object deleted or replaced
+// since Open (reads are pinned to its generation).
+func statusError(ctx context.Context, op, uri string, off, n int64, resp *http.Response, w *watch) *storage.Error {
+	body, _ := io.ReadAll(io.LimitReader(watchedBody{r: resp.Body, w: w}, maxErrorBody))
+	reason, msg := describe(body)
+	if op == "read" && resp.StatusCode == http.StatusNotFound {
+		if msg == "" || msg == http.StatusText(http.StatusNotFound) {
+			msg = "no such object"
 		}
+		msg += " (deleted or replaced since it was opened)"
 	}
-	if msg != "" || ge.Body == "" {
-		return reason, msg
-	}
-	body := strings.TrimSpace(ge.Body)
-	if strings.HasPrefix(body, "<") {
+	return &storage.Error{Op: op, URI: uri, Off: off, Len: n, Code: codeOfStatus(resp.StatusCode),
+		RetryAfter: storage.RetryAfter(resp.Header, time.Now()),
+		Err:        &storage.HTTPError{Status: resp.StatusCode, Code: reason, Message: msg}}
+}
+
+// describe returns the reason and message of an error answer's body: the
+// JSON API's {"error": {"message", "errors": [{"reason"}]}}, or the XML
+// API's <Error><Code/><Message/><Details/></Error>, or the start of a
+// plain body.
+func describe(b []byte) (reason, msg string) {
+	body := strings.TrimSpace(string(b))
+	switch {
+	case body == "":
+		return "", ""
+	case strings.HasPrefix(body, "{"):
+		var j struct {
+			Error struct {
+				Message string `json:"message"`
+				Errors  []struct {
+					Reason  string `json:"reason"`
+					Message string `json:"message"`
+				} `json:"errors"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(b, &j) == nil {
+			msg = j.Error.Message
+			if len(j.Error.Errors) > 0 {
+				reason = j.Error.Errors[0].Reason
+				if msg == "" {
+					msg = j.Error.Errors[0].Message
+				}
+			}
+			if reason != "" || msg != "" {
+				return reason, msg
+			}
+		}
+	case strings.HasPrefix(body, "<"):
 		var x struct {
 			Code    string `xml:"Code"`
 			Message string `xml:"Message"`
@@ -124,5 +159,5 @@ func describe(ge *googleapi.Error) (reason, msg string) {
 	if len(body) > 200 {
 		body = body[:200] + "..."
 	}
-	return reason, body
+	return "", body
 }

@@ -1,6 +1,13 @@
-// Package gcs is the storage backend for Google Cloud Storage, through the
-// Cloud Storage Go SDK (cloud.google.com/go/storage) and its JSON/HTTP API
-// client (never gRPC).
+// Package gcs is the storage backend for Google Cloud Storage, on net/http:
+// the JSON API for an object's attributes, listings and uploads, the XML
+// API for ranged reads, and golang.org/x/oauth2/google for credentials.
+//
+// It does not use the Cloud Storage Go SDK (cloud.google.com/go/storage):
+// linked into the c-shared library, the SDK and what it drags in (gRPC,
+// xds/envoy protos, OpenTelemetry) tripled the library's size and cost
+// every process that loads it ~10 ms before its first call, local files
+// included (docs/benchmarks.md, "Fixed cost"), for a protocol this backend
+// needs four requests of.
 //
 // URIs have the form gs://bucket/object. Object names are taken literally
 // (no percent-decoding) and URIs are reported exactly as given.
@@ -9,11 +16,12 @@
 //
 // Configuration comes from storage.Settings, named after the environment
 // variables that document it. The Go runtime copies the process
-// environment once at start-up, so this package reads Settings only: where
-// the SDK itself would consult the process environment (STORAGE_EMULATOR_HOST,
-// GOOGLE_APPLICATION_CREDENTIALS) the backend passes the equivalent explicit
-// options instead, and an emulator host present only in the process
-// environment, not in Settings, is neutralised.
+// environment once at start-up, so this package reads Settings only: an
+// emulator host (STORAGE_EMULATOR_HOST) present only in the process
+// environment, not in Settings, has no effect. The one exception is the ADC
+// chain (neither file setting set, an authenticated endpoint), which looks
+// at the process environment's GOOGLE_APPLICATION_CREDENTIALS as ADC
+// defines it.
 //
 //   - RUNAI_STREAMER_GCS_CREDENTIAL_FILE: a credentials JSON file (a service
 //     account key, or any other type Application Default Credentials
@@ -61,39 +69,54 @@
 //
 //  5. None: https://storage.googleapis.com, authenticated.
 //
-//     - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
+// Also:
+//
+//   - MODEL_STREAMER_STALL_TIMEOUT_MS: a request that receives nothing (no
 //     response header, no body byte) for this long is aborted as a stalled
-//     transfer (storage.Unavailable); default 30000, 0 disables.
-//     - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request (URL
-//     without its query, range, status, bytes, timings; no secret) to
-//     model-streamer-trace-<pid>.log in the working directory (package
-//     tracelog).
+//     transfer (storage.Unavailable); default 30000, 0 disables. Waiting for
+//     an access token counts as receiving nothing.
+//   - RUNAI_STREAMER_S3_TRACE: "1" writes a line per HTTP request to the
+//     storage endpoint (URL without its query, range, status, bytes,
+//     timings; no secret) to model-streamer-trace-<pid>.log in the working
+//     directory (package tracelog). Token requests are not traced.
 //
 // # Retries
 //
 // The engine retries storage.Unavailable reads per chunk with backoff,
 // resuming at the last byte received and honouring storage.Error.RetryAfter.
-// So a data read (ReadAt) is exactly one HTTP request: the SDK's retry is
-// off for it (RetryNever), and the SDK reader's silent reopen after a broken
-// body is refused, so a body cut part way returns the bytes received with
+// So a data read (ReadAt) is exactly one HTTP request, never retried nor
+// reopened here: a body cut part way returns the bytes received with
 // storage.Unavailable and the engine resumes from there. Metadata requests
 // (Open's object attributes, List's pages) are not retried by the engine;
-// they use the SDK's retry for 408, 429, 5xx and connection errors, bounded
-// to MetadataAttempts attempts with 100 ms - 2 s backoff.
+// the backend retries them on 408, 429, 5xx and connection errors (and a
+// token endpoint's transient failure), up to MetadataAttempts attempts
+// with jittered exponential backoff from 100 ms to 2 s, as the SDK did; a
+// Retry-After is reported in the final error, not waited for. Put (a
+// checksum sidecar: one JSON API media upload) is one request, not retried
+// (without a generation precondition it is not idempotent), and checks the
+// CRC32C the server reports for the new object.
 //
 // # Reads
 //
-// Open fetches the object's attributes (size, generation). ReadAt issues one
+// Open fetches the object's attributes (size, generation, crc32c, md5Hash:
+// storage.Checksummed, storage.Versioned). ReadAt issues one
 // ranged GET clipped to the size, for the generation Open saw, so every
 // byte comes from the same version of the object: a replaced or deleted
 // object fails with storage.NotFound instead of mixing versions. Reads ask
 // for the stored bytes (ReadCompressed): an object uploaded with
 // Content-Encoding gzip is streamed compressed, exactly its Size bytes,
-// never transcoded. A response that does not start at the requested offset
-// (a server ignoring Range) is an error, never silently wrong data.
+// never transcoded: the request says Accept-Encoding: gzip itself, so Go's
+// transport neither decompresses nor asks on its own, and an answer the
+// server decompressed anyway (X-Goog-Stored-Content-Encoding gzip, no
+// Content-Encoding gzip) is an error. A response that does not start at
+// the requested offset (a server ignoring Range) is an error, never
+// silently wrong data.
 //
-// Reads use the SDK's default read path, the XML API (GET /BUCKET/OBJECT
-// with Range), on the endpoint's host; metadata and listing use the JSON API.
+// Reads use the XML API, as the SDK's default read path did: GET
+// /BUCKET/OBJECT?generation=N with Range, on the endpoint's host, the
+// object name escaped as one path segment. Attributes and listing use the
+// JSON API under the endpoint (b/BUCKET/o/OBJECT, b/BUCKET/o), uploads its
+// /upload/storage/v1/ path on the endpoint's host.
 //
 // # Transport
 //
@@ -103,7 +126,8 @@
 // control of one HTTP/2 connection. No transparent decompression. A proxy
 // comes from the process environment (HTTPS_PROXY, NO_PROXY) as in any Go
 // program; loopback addresses are never proxied. Credentials must belong to
-// the default universe (googleapis.com).
+// the default universe (googleapis.com). Token requests go through a client
+// of their own (30 s timeout), not this transport.
 //
 // # Tuning
 //
@@ -121,26 +145,16 @@
 package gcs
 
 import (
-	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
-
-	"cloud.google.com/go/auth"
-	"cloud.google.com/go/auth/credentials"
-	"cloud.google.com/go/auth/httptransport"
-	gcs "cloud.google.com/go/storage"
-	"github.com/googleapis/gax-go/v2"
-	"google.golang.org/api/option"
 
 	"github.com/model-streamer/model-streamer/go/storage"
 	"github.com/model-streamer/model-streamer/go/storage/tracelog"
@@ -170,7 +184,7 @@ const (
 	// DefaultStallTimeout aborts a request that receives nothing for this
 	// long.
 	DefaultStallTimeout = 30 * time.Second
-	// MetadataAttempts bounds the SDK's attempts for one metadata request.
+	// MetadataAttempts bounds the attempts for one metadata request.
 	MetadataAttempts = 5
 	// MaxIdleConnsPerHost is the connection pool per host: at least the
 	// largest concurrency a caller is expected to ask for.
@@ -180,9 +194,17 @@ const (
 // ReadOnlyScope is the OAuth scope requested for credentials.
 const ReadOnlyScope = "https://www.googleapis.com/auth/devstorage.read_only"
 
+// DefaultEndpoint is the JSON API of Google Cloud Storage.
+const DefaultEndpoint = "https://storage.googleapis.com/storage/v1/"
+
 type backend struct {
-	client *gcs.Client
-	stall  time.Duration
+	hc *http.Client
+	// api is the JSON API's root URL, ending in "/" (.../storage/v1/);
+	// host is its scheme://host, where the XML API (reads) and the upload
+	// API are.
+	api, host string
+	auth      *authorizer // nil: requests go unauthenticated
+	stall     time.Duration
 }
 
 var (
@@ -237,58 +259,46 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	if err != nil {
 		return nil, storage.CodeOf(err), err
 	}
-	// The trace sits nearest the wire: a reopen the guard refuses sends
-	// nothing, and the authentication wrapped around hc below is not ours
-	// to record.
-	hc := &http.Client{Transport: &guardTransport{base: trace.Transport("gcs", newTransport(stall))}}
-	opts := []option.ClientOption{gcs.WithDisabledClientMetrics()}
+	b := &backend{
+		// The trace sits nearest the wire, after the Authorization header
+		// is set (which it never writes); token requests go through the
+		// credentials' own client and are not traced.
+		hc:    &http.Client{Transport: trace.Transport("gcs", newTransport(stall))},
+		stall: stall,
+	}
+	if endpoint == "" {
+		endpoint = DefaultEndpoint
+	}
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, storage.InvalidArgument, err
+	}
+	b.api, b.host = endpoint, u.Scheme+"://"+u.Host
+
 	credFile, credSetting := s.Get(SettingCredentialFile, ""), SettingCredentialFile
 	if credFile == "" && ep.auth != authExplicitFile {
 		credFile, credSetting = s.Get(SettingADCFile, ""), SettingADCFile
 	}
 	switch {
 	case s.Bool(SettingAnonymous, false) || ep.auth == authNone:
-		opts = append(opts, option.WithoutAuthentication())
+		// Unauthenticated; no credentials are looked for.
 	case credFile != "":
-		creds, err := fileCredentials(credFile)
+		a, err := fileAuthorizer(credFile)
 		if err != nil {
 			return nil, storage.InvalidArgument, fmt.Errorf("%s=%s: %w", credSetting, credFile, err)
 		}
-		if err := httptransport.AddAuthorizationMiddleware(hc, creds); err != nil {
-			return nil, storage.Internal, err
-		}
-		opts = append(opts, option.WithAuthCredentials(creds))
+		b.auth = a
 	case ep.auth != authDefault:
-		opts = append(opts, option.WithoutAuthentication())
+		// An emulator or private endpoint with no file: unauthenticated.
 	default:
-		creds, err := credentials.DetectDefault(&credentials.DetectOptions{Scopes: []string{ReadOnlyScope}})
+		a, err := defaultAuthorizer()
 		if err != nil {
 			return nil, storage.PermissionDenied, fmt.Errorf("no Google credentials: set %s or %s, or %s=true for public buckets, or run where the metadata server provides them: %w",
 				SettingCredentialFile, SettingADCFile, SettingAnonymous, err)
 		}
-		if err := httptransport.AddAuthorizationMiddleware(hc, creds); err != nil {
-			return nil, storage.Internal, err
-		}
-		opts = append(opts, option.WithAuthCredentials(creds))
+		b.auth = a
 	}
-	opts = append(opts, option.WithHTTPClient(hc))
-	if endpoint != "" {
-		opts = append(opts, option.WithEndpoint(endpoint))
-	} else if os.Getenv(SettingEmulatorHost) != "" {
-		// The SDK would send every request to the process environment's
-		// emulator; Settings did not ask for one.
-		opts = append(opts, option.WithEndpoint("https://storage.googleapis.com/storage/v1/"))
-	}
-	client, err := gcs.NewClient(context.Background(), opts...)
-	if err != nil {
-		return nil, storage.InvalidArgument, err
-	}
-	client.SetRetry(
-		gcs.WithPolicy(gcs.RetryIdempotent),
-		gcs.WithMaxAttempts(MetadataAttempts),
-		gcs.WithBackoff(gax.Backoff{Initial: 100 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2}),
-	)
-	return &backend{client: client, stall: stall}, storage.Unknown, nil
+	return b, storage.Unknown, nil
 }
 
 // authMode is how requests to an endpoint authenticate when
@@ -382,27 +392,7 @@ func emulatorHostURL(v string) (string, error) {
 	return u.String(), nil
 }
 
-// fileCredentials loads a credentials JSON file of whichever type it
-// declares, for the read-only scope.
-func fileCredentials(path string) (*auth.Credentials, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var f struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("not a credentials JSON file: %w", err)
-	}
-	if f.Type == "" {
-		return nil, errors.New(`not a credentials JSON file: no "type"`)
-	}
-	return credentials.NewCredentialsFromJSON(credentials.CredType(f.Type), b,
-		&credentials.DetectOptions{Scopes: []string{ReadOnlyScope}})
-}
-
-// newTransport is the HTTP transport under authentication: HTTP/1.1, a
+// newTransport is the HTTP transport: HTTP/1.1, a
 // pool sized for many parallel reads, no transparent decompression, and
 // response headers bounded by the stall timeout.
 func newTransport(stall time.Duration) *http.Transport {
@@ -437,4 +427,32 @@ func parseURI(uri string) (bucket, object string, err error) {
 		return "", "", fmt.Errorf("no bucket in URI")
 	}
 	return bucket, object, nil
+}
+
+// objectURL is the JSON API URL of an object's attributes (Open).
+func (b *backend) objectURL(bucket, name string) string {
+	return b.api + "b/" + url.PathEscape(bucket) + "/o/" + url.PathEscape(name) +
+		"?fields=" + url.QueryEscape(attrFields) + "&prettyPrint=false"
+}
+
+// listURL is the JSON API URL of a bucket's objects (List).
+func (b *backend) listURL(bucket string) string {
+	return b.api + "b/" + url.PathEscape(bucket) + "/o"
+}
+
+// mediaURL is the XML API URL of an object's bytes, on the endpoint's
+// host: /BUCKET/OBJECT, the name escaped as one path segment ("/" as %2F,
+// as the SDK sent it), pinned to a generation when there is one.
+func (b *backend) mediaURL(bucket, name string, generation int64) string {
+	u := b.host + "/" + url.PathEscape(bucket) + "/" + url.PathEscape(name)
+	if generation > 0 {
+		u += "?generation=" + strconv.FormatInt(generation, 10)
+	}
+	return u
+}
+
+// uploadURL is the JSON API's media upload URL of a bucket, at the root of
+// the endpoint's host (/upload/storage/v1/...), as the SDK built it.
+func (b *backend) uploadURL(bucket string) string {
+	return b.host + "/upload/storage/v1/b/" + url.PathEscape(bucket) + "/o"
 }

@@ -2,20 +2,32 @@ package gcs
 
 import (
 	"context"
+	"net/url"
 	"sort"
 	"strings"
 
-	gcs "cloud.google.com/go/storage"
-	"google.golang.org/api/iterator"
-
 	"github.com/model-streamer/model-streamer/go/storage"
 )
+
+// listFields is the JSON API field selection of a listing page.
+const listFields = "items(name,size),nextPageToken"
+
+// listPage is the part of a JSON API objects.list answer the backend reads.
+type listPage struct {
+	Items []struct {
+		Name string  `json:"name"`
+		Size jsonInt `json:"size"`
+	} `json:"items"`
+	NextPageToken string `json:"nextPageToken"`
+}
 
 // List lists the objects under uri (gs://bucket or gs://bucket/prefix),
 // treating the path as a directory ("/" is appended when missing): its
 // direct children, or every object below it when recursive. Objects whose
 // names end in "/" (folder placeholders) are skipped. URIs come back as
 // gs://bucket/name, sorted. A prefix with no objects is an empty list.
+// Each page is a metadata request (retried, see the package
+// documentation).
 func (b *backend) List(ctx context.Context, uri string, recursive bool) ([]storage.ObjectInfo, error) {
 	bucket, prefix, err := parseURI(uri)
 	if err != nil {
@@ -24,27 +36,26 @@ func (b *backend) List(ctx context.Context, uri string, recursive bool) ([]stora
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	q := &gcs.Query{Prefix: prefix}
+	q := url.Values{"prefix": {prefix}, "fields": {listFields}, "prettyPrint": {"false"}}
 	if !recursive {
-		q.Delimiter = "/"
+		q.Set("delimiter", "/") // children only: deeper names come back as prefixes, ignored
 	}
-	if err := q.SetAttrSelection([]string{"Name", "Size"}); err != nil {
-		return nil, &storage.Error{Op: "list", URI: uri, Code: storage.Internal, Err: err}
-	}
-	it := b.client.Bucket(bucket).Objects(ctx, q)
 	var out []storage.ObjectInfo
 	for {
-		a, err := it.Next()
-		if err == iterator.Done {
+		var page listPage
+		if err := b.getJSON(ctx, "list", uri, b.listURL(bucket)+"?"+q.Encode(), &page); err != nil {
+			return nil, err
+		}
+		for _, it := range page.Items {
+			if it.Name == "" || strings.HasSuffix(it.Name, "/") {
+				continue // a folder placeholder
+			}
+			out = append(out, storage.ObjectInfo{URI: "gs://" + bucket + "/" + it.Name, Size: int64(it.Size)})
+		}
+		if page.NextPageToken == "" {
 			break
 		}
-		if err != nil {
-			return nil, classify(ctx, "list", uri, 0, 0, err)
-		}
-		if a.Name == "" || strings.HasSuffix(a.Name, "/") {
-			continue // a common prefix ("subdirectory") or a folder placeholder
-		}
-		out = append(out, storage.ObjectInfo{URI: "gs://" + bucket + "/" + a.Name, Size: a.Size})
+		q.Set("pageToken", page.NextPageToken)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].URI < out[j].URI })
 	return out, nil

@@ -1,0 +1,154 @@
+package gcs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"github.com/model-streamer/model-streamer/go/storage"
+)
+
+// stallError is the cause of a request that received nothing (no
+// response header, no body byte) for the stall timeout.
+type stallError struct{ after time.Duration }
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("no data for %v (%s): transfer stalled, aborted", e.after, SettingStallTimeoutMS)
+}
+
+// Timeout reports true, as a net.Error does for a timeout.
+func (e *stallError) Timeout() bool { return true }
+
+// watch cancels one request when no byte arrives for the stall timeout. The
+// transport's ResponseHeaderTimeout alone would not cut a body that stops
+// part way.
+type watch struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	t      *time.Timer
+	d      time.Duration
+	stall  *stallError
+}
+
+func newWatch(parent context.Context, d time.Duration) *watch {
+	ctx, cancel := context.WithCancelCause(parent)
+	w := &watch{ctx: ctx, cancel: cancel, d: d, stall: &stallError{after: d}}
+	w.t = time.AfterFunc(d, func() { cancel(w.stall) })
+	return w
+}
+
+// fired reports whether the watchdog cut the request.
+func (w *watch) fired() bool { return context.Cause(w.ctx) == error(w.stall) }
+
+// kick re-arms the watchdog: data arrived.
+func (w *watch) kick() { w.t.Reset(w.d) }
+
+// done releases the watchdog and the request's context.
+func (w *watch) done() {
+	w.t.Stop()
+	w.cancel(nil)
+}
+
+// watchedBody re-arms the watchdog on every read that returns bytes.
+type watchedBody struct {
+	r io.Reader
+	w *watch
+}
+
+func (b watchedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 {
+		b.w.kick()
+	}
+	return n, err
+}
+
+// send makes exactly one request, with credentials, under a stall
+// watchdog. On success the caller reads resp.Body through watchedBody and
+// calls w.done; on failure the error is the cause (*stallError when the
+// watchdog cut it) for classify.
+func (b *backend) send(ctx context.Context, method, u string, h http.Header, body io.Reader) (*http.Response, *watch, error) {
+	w := newWatch(ctx, b.stall)
+	req, err := http.NewRequestWithContext(w.ctx, method, u, body)
+	if err != nil {
+		w.done()
+		return nil, nil, err
+	}
+	for k, v := range h {
+		req.Header[k] = v
+	}
+	if err := b.auth.authorize(req); err != nil {
+		stalled := w.fired()
+		w.done()
+		if stalled {
+			return nil, nil, w.stall
+		}
+		return nil, nil, err
+	}
+	resp, err := b.hc.Do(req)
+	if err != nil {
+		stalled := w.fired()
+		w.done()
+		if stalled {
+			return nil, nil, w.stall
+		}
+		return nil, nil, err
+	}
+	w.kick()
+	return resp, w, nil
+}
+
+// getJSON decodes the JSON answer to a GET of u (a metadata request: an
+// object's attributes, a page of a listing) into v, retrying 408, 429, 5xx
+// and connection failures up to MetadataAttempts attempts with 100 ms - 2 s
+// of jittered exponential backoff. Retry-After is reported in the error,
+// not waited for: the caller's own retry (if any) honours it.
+func (b *backend) getJSON(ctx context.Context, op, uri, u string, v any) error {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := b.getJSONOnce(ctx, op, uri, u, v)
+		if err == nil || attempt >= MetadataAttempts || storage.CodeOf(err) != storage.Unavailable || ctx.Err() != nil {
+			return err
+		}
+		// Full jitter, as gax's backoff: a pause in [1ns, delay].
+		pause := time.Duration(1 + rand.Int64N(int64(delay)))
+		delay = min(2*delay, 2*time.Second)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return classify(ctx, op, uri, 0, 0, err)
+		case <-t.C:
+		}
+	}
+}
+
+func (b *backend) getJSONOnce(ctx context.Context, op, uri, u string, v any) error {
+	resp, w, err := b.send(ctx, http.MethodGet, u, nil, nil)
+	if err != nil {
+		return classify(ctx, op, uri, 0, 0, err)
+	}
+	defer w.done()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return statusError(ctx, op, uri, 0, 0, resp, w)
+	}
+	if err := json.NewDecoder(watchedBody{r: resp.Body, w: w}).Decode(v); err != nil {
+		var syn *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		if w.fired() {
+			err = w.stall
+		} else if errors.As(err, &syn) || errors.As(err, &typ) {
+			return &storage.Error{Op: op, URI: uri, Code: storage.Internal, Err: fmt.Errorf("malformed JSON answer: %w", err)}
+		}
+		return classify(ctx, op, uri, 0, 0, err)
+	}
+	// Read to the end so the connection goes back to the pool.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	return nil
+}
