@@ -126,8 +126,8 @@ func tokenContext() context.Context {
 }
 
 // fileAuthorizer loads a credentials JSON file of whichever type it
-// declares, for the read-only scope.
-func fileAuthorizer(path string) (*authorizer, error) {
+// declares, for scope.
+func fileAuthorizer(path, scope string) (*authorizer, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -141,7 +141,7 @@ func fileAuthorizer(path string) (*authorizer, error) {
 	if f.Type == "" {
 		return nil, errors.New(`not a credentials JSON file: no "type"`)
 	}
-	creds, err := google.CredentialsFromJSONWithType(tokenContext(), b, google.CredentialsType(f.Type), ReadOnlyScope)
+	creds, err := google.CredentialsFromJSONWithType(tokenContext(), b, google.CredentialsType(f.Type), scope)
 	if err != nil {
 		return nil, err
 	}
@@ -150,9 +150,9 @@ func fileAuthorizer(path string) (*authorizer, error) {
 
 // defaultAuthorizer runs the Application Default Credentials chain
 // (GOOGLE_APPLICATION_CREDENTIALS of the process environment, the gcloud
-// well-known file, then the metadata server).
-func defaultAuthorizer() (*authorizer, error) {
-	creds, err := google.FindDefaultCredentials(tokenContext(), ReadOnlyScope)
+// well-known file, then the metadata server), for scope.
+func defaultAuthorizer(scope string) (*authorizer, error) {
+	creds, err := google.FindDefaultCredentials(tokenContext(), scope)
 	if err != nil {
 		return nil, err
 	}

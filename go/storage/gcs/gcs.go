@@ -37,7 +37,8 @@
 //     credentials are looked for.
 //
 // Credentials are requested with the read-only scope
-// (devstorage.read_only): the backend only reads and lists.
+// (devstorage.read_only) for reading and listing; Put (a checksum sidecar)
+// asks for devstorage.read_write credentials when it is first called.
 //
 // The endpoint, first set wins (each names the root of the service; a URL
 // with no path gets /storage/v1/ for the JSON API, reads go to the same host
@@ -154,6 +155,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/model-streamer/model-streamer/go/storage"
@@ -191,8 +193,12 @@ const (
 	MaxIdleConnsPerHost = 128
 )
 
-// ReadOnlyScope is the OAuth scope requested for credentials.
-const ReadOnlyScope = "https://www.googleapis.com/auth/devstorage.read_only"
+// ReadOnlyScope is the OAuth scope requested for reads and listings;
+// ReadWriteScope the one requested for Put.
+const (
+	ReadOnlyScope  = "https://www.googleapis.com/auth/devstorage.read_only"
+	ReadWriteScope = "https://www.googleapis.com/auth/devstorage.read_write"
+)
 
 // DefaultEndpoint is the JSON API of Google Cloud Storage.
 const DefaultEndpoint = "https://storage.googleapis.com/storage/v1/"
@@ -205,6 +211,22 @@ type backend struct {
 	api, host string
 	auth      *authorizer // nil: requests go unauthenticated
 	stall     time.Duration
+
+	// newAuth makes credentials for a scope (nil: unauthenticated);
+	// writeAuth is Put's, made on its first call.
+	newAuth   func(scope string) (*authorizer, error)
+	writeOnce sync.Once
+	writeAuth *authorizer
+	writeErr  error
+}
+
+// writer returns the credentials for Put (read_write scope).
+func (b *backend) writer() (*authorizer, error) {
+	if b.newAuth == nil {
+		return nil, nil
+	}
+	b.writeOnce.Do(func() { b.writeAuth, b.writeErr = b.newAuth(ReadWriteScope) })
+	return b.writeAuth, b.writeErr
 }
 
 var (
@@ -283,7 +305,8 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	case s.Bool(SettingAnonymous, false) || ep.auth == authNone:
 		// Unauthenticated; no credentials are looked for.
 	case credFile != "":
-		a, err := fileAuthorizer(credFile)
+		b.newAuth = func(scope string) (*authorizer, error) { return fileAuthorizer(credFile, scope) }
+		a, err := b.newAuth(ReadOnlyScope)
 		if err != nil {
 			return nil, storage.InvalidArgument, fmt.Errorf("%s=%s: %w", credSetting, credFile, err)
 		}
@@ -291,7 +314,8 @@ func newBackend(s storage.Settings) (*backend, storage.Code, error) {
 	case ep.auth != authDefault:
 		// An emulator or private endpoint with no file: unauthenticated.
 	default:
-		a, err := defaultAuthorizer()
+		b.newAuth = defaultAuthorizer
+		a, err := b.newAuth(ReadOnlyScope)
 		if err != nil {
 			return nil, storage.PermissionDenied, fmt.Errorf("no Google credentials: set %s or %s, or %s=true for public buckets, or run where the metadata server provides them: %w",
 				SettingCredentialFile, SettingADCFile, SettingAnonymous, err)

@@ -2,12 +2,16 @@ package gcs
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -195,5 +199,57 @@ func TestTokenFailures(t *testing.T) {
 	b, _ = New(storage.Settings{SettingEndpoint: gcsSrv.URL, SettingCredentialFile: serviceAccountFile(t, tokenSrv.URL+"/hang")})
 	if _, err = b.Open(ctx, "gs://bk/o.bin"); storage.CodeOf(err) != storage.Canceled {
 		t.Errorf("Open canceled while waiting for a token = %v; want Canceled", err)
+	}
+}
+
+// TestScopes checks that reads ask for read-only credentials and Put for
+// read-write ones (a sidecar upload with a read-only token is refused by
+// Cloud Storage).
+func TestScopes(t *testing.T) {
+	var scopes []string
+	var mu sync.Mutex
+	tokenSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		// The JWT bearer grant: header.claims.signature, claims in base64url JSON.
+		parts := strings.Split(r.PostForm.Get("assertion"), ".")
+		var claims struct {
+			Scope string `json:"scope"`
+		}
+		if len(parts) == 3 {
+			if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
+				_ = json.Unmarshal(b, &claims)
+			}
+		}
+		mu.Lock()
+		scopes = append(scopes, claims.Scope)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"access_token":"tok-%d","token_type":"Bearer","expires_in":3600}`, len(scopes))
+	}))
+	t.Cleanup(tokenSrv.Close)
+	gcsSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			_, _ = io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, `{}`)
+			return
+		}
+		fmt.Fprint(w, `{"name":"o.bin","size":"3","generation":"7"}`)
+	}))
+	t.Cleanup(gcsSrv.Close)
+
+	b, err := New(storage.Settings{SettingEndpoint: gcsSrv.URL, SettingCredentialFile: serviceAccountFile(t, tokenSrv.URL)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Open(ctxT(t), "gs://bk/o.bin"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.(storage.Putter).Put(ctxT(t), "gs://bk/o.bin.checksums.json", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(scopes) != 2 || scopes[0] != ReadOnlyScope || scopes[1] != ReadWriteScope {
+		t.Errorf("token requests asked for scopes %q; want the read-only one for Open, read-write for Put", scopes)
 	}
 }

@@ -30,9 +30,14 @@ func (b *backend) Put(ctx context.Context, uri string, data []byte) error {
 		return &storage.Error{Op: "put", URI: uri, Code: storage.InvalidArgument, Err: err}
 	}
 	n := int64(len(data))
+	auth, err := b.writer()
+	if err != nil {
+		return &storage.Error{Op: "put", URI: uri, Len: n, Code: storage.PermissionDenied,
+			Err: fmt.Errorf("credentials for writing (%s): %w", ReadWriteScope, err)}
+	}
 	q := url.Values{"uploadType": {"media"}, "name": {name}, "fields": {"crc32c"}, "prettyPrint": {"false"}}
 	h := http.Header{"Content-Type": {"application/json"}}
-	resp, w, err := b.send(ctx, http.MethodPost, b.uploadURL(bucket)+"?"+q.Encode(), h, bytes.NewReader(data))
+	resp, w, err := b.sendAs(ctx, auth, http.MethodPost, b.uploadURL(bucket)+"?"+q.Encode(), h, bytes.NewReader(data))
 	if err != nil {
 		return classify(ctx, "put", uri, 0, n, err)
 	}

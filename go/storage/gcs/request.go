@@ -73,6 +73,11 @@ func (b watchedBody) Read(p []byte) (int, error) {
 // calls w.done; on failure the error is the cause (*stallError when the
 // watchdog cut it) for classify.
 func (b *backend) send(ctx context.Context, method, u string, h http.Header, body io.Reader) (*http.Response, *watch, error) {
+	return b.sendAs(ctx, b.auth, method, u, h, body)
+}
+
+// sendAs is send with the credentials a (nil: none).
+func (b *backend) sendAs(ctx context.Context, a *authorizer, method, u string, h http.Header, body io.Reader) (*http.Response, *watch, error) {
 	w := newWatch(ctx, b.stall)
 	req, err := http.NewRequestWithContext(w.ctx, method, u, body)
 	if err != nil {
@@ -82,7 +87,7 @@ func (b *backend) send(ctx context.Context, method, u string, h http.Header, bod
 	for k, v := range h {
 		req.Header[k] = v
 	}
-	if err := b.auth.authorize(req); err != nil {
+	if err := a.authorize(req); err != nil {
 		stalled := w.fired()
 		w.done()
 		if stalled {
