@@ -369,3 +369,57 @@ func TestReadHeadersReadsExactlyTheHeaders(t *testing.T) {
 		})
 	}
 }
+
+// TestLocalFilesReadASmallHeaderPrefix checks that a local file's first
+// read is a small prefix, not object storage's speculative megabyte, and
+// that a header longer than that prefix is still read whole.
+func TestLocalFilesReadASmallHeaderPrefix(t *testing.T) {
+	cases := []struct {
+		name     string
+		ntensors int
+		maxElems int64
+	}{
+		{"large tensors, short header", 8, 1 << 20},
+		{"a header longer than the prefix", 1500, 16},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cp := writeCheckpoint(t, 43, 2, c.ntensors, c.maxElems)
+			var headers, longest uint64
+			var smallest int64 = 1 << 62
+			for _, p := range cp.paths {
+				data, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				hl, err := safetensors.HeaderLen(data[:8], int64(len(data)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				headers += uint64(safetensors.PrefixLen + hl)
+				longest = max(longest, uint64(safetensors.PrefixLen+hl))
+				smallest = min(smallest, int64(len(data)))
+			}
+			if c.ntensors > 100 && longest <= 64<<10 {
+				t.Fatalf("the longest header is %d bytes: the case needs one past the prefix", longest)
+			}
+			if c.ntensors <= 100 && smallest <= 1<<20 {
+				t.Fatalf("a file of %d bytes: the case needs files past the speculative megabyte", smallest)
+			}
+			for _, mode := range []fs.Mode{fs.Buffered, fs.Mmap} {
+				s, err := stream.Open(context.Background(), stream.DefaultConfig(registry(mode)), cp.paths, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				drain(t, s, cp.want, false)
+				st := s.Stats()
+				s.Close()
+				// At most the prefix a file, or the header and the prefix's
+				// first read of it.
+				if limit := headers + 2*64<<10; st.HeaderBytesRead > limit {
+					t.Errorf("mode %d: read %d header bytes for headers of %d, want at most %d", mode, st.HeaderBytesRead, headers, limit)
+				}
+			}
+		})
+	}
+}
