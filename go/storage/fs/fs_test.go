@@ -249,93 +249,84 @@ func TestDirectFallbackWhenRefused(t *testing.T) {
 }
 
 func TestMmap(t *testing.T) {
-	for _, populateRead := range []bool{true, false} {
-		t.Run(fmt.Sprintf("MADV_POPULATE_READ=%v", populateRead), func(t *testing.T) {
-			if !populateRead {
-				saved := noPopulateRead.Load()
-				noPopulateRead.Store(true)
-				t.Cleanup(func() { noPopulateRead.Store(saved) })
-			}
-			dir := t.TempDir()
-			const size = 20<<20 + 333 // several populate slices
-			path, data := writeFile(t, dir, "f", size)
-			coldOrSkip(t, path)
-			obj := open(t, Mmap, path)
-			if s := strategy(obj); s != StrategyMmap {
-				t.Fatalf("strategy %q", s)
-			}
-			if _, ok := obj.(storage.Aligned); ok {
-				t.Fatal("mmap object implements storage.Aligned")
-			}
-			m := obj.(storage.Mappable)
-			mem, err := m.Map()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(mem) != size {
-				t.Fatalf("len(Map()) = %d, want %d", len(mem), size)
-			}
-			ctx := context.Background()
-			for _, rg := range []struct{ off, n int64 }{
-				{0, 0}, {5, 100}, {4096, 8 << 20}, {size - 10, 10}, {size - 10, 1 << 20}, {size + 5, 5}, {0, size},
-			} {
-				if err := m.Populate(ctx, rg.off, rg.n); err != nil {
-					t.Fatalf("Populate(%d, %d): %v", rg.off, rg.n, err)
-				}
-			}
-			if r, err := Resident(path); err != nil || r < 0.99 {
-				t.Fatalf("after Populate Resident = %v, %v; want 1", r, err)
-			}
-			if !bytes.Equal(mem, data) {
-				t.Fatal("mapping differs from the file")
-			}
-			for _, rg := range []struct{ off, n int64 }{{-1, 10}, {0, -1}} {
-				if err := m.Populate(ctx, rg.off, rg.n); storage.CodeOf(err) != storage.InvalidArgument {
-					t.Fatalf("Populate(%d, %d) = %v, want InvalidArgument", rg.off, rg.n, err)
-				}
-			}
-			canceled, cancel := context.WithCancel(ctx)
-			cancel()
-			if err := m.Populate(canceled, 0, size); !errors.Is(err, storage.ErrCanceled) || !errors.Is(err, context.Canceled) {
-				t.Fatalf("Populate with canceled ctx = %v", err)
-			}
+	dir := t.TempDir()
+	const size = 20<<20 + 333 // several populate slices
+	path, data := writeFile(t, dir, "f", size)
+	coldOrSkip(t, path)
+	obj := open(t, Mmap, path)
+	if s := strategy(obj); s != StrategyMmap {
+		t.Fatalf("strategy %q", s)
+	}
+	if _, ok := obj.(storage.Aligned); ok {
+		t.Fatal("mmap object implements storage.Aligned")
+	}
+	m := obj.(storage.Mappable)
+	mem, err := m.Map()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mem) != size {
+		t.Fatalf("len(Map()) = %d, want %d", len(mem), size)
+	}
+	ctx := context.Background()
+	for _, rg := range []struct{ off, n int64 }{
+		{0, 0}, {5, 100}, {4096, 8 << 20}, {size - 10, 10}, {size - 10, 1 << 20}, {size + 5, 5}, {0, size},
+	} {
+		if err := m.Populate(ctx, rg.off, rg.n); err != nil {
+			t.Fatalf("Populate(%d, %d): %v", rg.off, rg.n, err)
+		}
+	}
+	if r, err := Resident(path); err != nil || r < 0.99 {
+		t.Fatalf("after Populate Resident = %v, %v; want 1", r, err)
+	}
+	if !bytes.Equal(mem, data) {
+		t.Fatal("mapping differs from the file")
+	}
+	for _, rg := range []struct{ off, n int64 }{{-1, 10}, {0, -1}} {
+		if err := m.Populate(ctx, rg.off, rg.n); storage.CodeOf(err) != storage.InvalidArgument {
+			t.Fatalf("Populate(%d, %d) = %v, want InvalidArgument", rg.off, rg.n, err)
+		}
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := m.Populate(canceled, 0, size); !errors.Is(err, storage.ErrCanceled) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Populate with canceled ctx = %v", err)
+	}
 
-			// Writes stay private: the file, and reads of it, are unchanged.
-			for i := 0; i < size; i += 4096 {
-				mem[i] ^= 0xff
-			}
-			if err := m.Populate(ctx, 0, size); err != nil {
-				t.Fatal(err)
-			}
-			if mem[4096] != data[4096]^0xff {
-				t.Fatal("Populate undid a write to the mapping")
-			}
-			checkRead(t, obj, data, make([]byte, size), 0)
-			onDisk, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(onDisk, data) {
-				t.Fatal("writing the mapping modified the file")
-			}
-			mem2, _ := open(t, Mmap, path).(storage.Mappable).Map()
-			if !bytes.Equal(mem2, data) {
-				t.Fatal("a second mapping sees the first one's writes")
-			}
+	// Writes stay private: the file, and reads of it, are unchanged.
+	for i := 0; i < size; i += 4096 {
+		mem[i] ^= 0xff
+	}
+	if err := m.Populate(ctx, 0, size); err != nil {
+		t.Fatal(err)
+	}
+	if mem[4096] != data[4096]^0xff {
+		t.Fatal("Populate undid a write to the mapping")
+	}
+	checkRead(t, obj, data, make([]byte, size), 0)
+	onDisk, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(onDisk, data) {
+		t.Fatal("writing the mapping modified the file")
+	}
+	mem2, _ := open(t, Mmap, path).(storage.Mappable).Map()
+	if !bytes.Equal(mem2, data) {
+		t.Fatal("a second mapping sees the first one's writes")
+	}
 
-			if err := obj.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := m.Map(); err == nil {
-				t.Fatal("Map after Close succeeded")
-			}
-			if err := m.Populate(ctx, 0, 10); err == nil {
-				t.Fatal("Populate after Close succeeded")
-			}
-			if err := obj.Close(); err != nil {
-				t.Fatalf("second Close: %v", err)
-			}
-		})
+	if err := obj.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Map(); err == nil {
+		t.Fatal("Map after Close succeeded")
+	}
+	if err := m.Populate(ctx, 0, 10); err == nil {
+		t.Fatal("Populate after Close succeeded")
+	}
+	if err := obj.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
 	}
 }
 
@@ -645,17 +636,8 @@ func TestReadErrors(t *testing.T) {
 }
 
 func TestTruncatedWhileOpen(t *testing.T) {
-	for _, mode := range append(allModes, -1) {
-		name := mode.String()
-		if mode == -1 { // Mmap with the one-byte-per-page Populate fallback
-			name, mode = "mmap-touch", Mmap
-		}
-		t.Run(name, func(t *testing.T) {
-			if name == "mmap-touch" {
-				saved := noPopulateRead.Load()
-				noPopulateRead.Store(true)
-				t.Cleanup(func() { noPopulateRead.Store(saved) })
-			}
+	for _, mode := range allModes {
+		t.Run(mode.String(), func(t *testing.T) {
 			const size, cut = 64 << 10, 10000
 			path, data := writeFile(t, t.TempDir(), "f", size)
 			obj := open(t, mode, path)

@@ -133,13 +133,22 @@ func (o *mmapObject) Map() ([]byte, error) {
 // populateSlice is how much Populate maps between ctx checks.
 const populateSlice = 8 << 20
 
-// noPopulateRead is set once the kernel rejects MADV_POPULATE_READ (< 5.14).
-var noPopulateRead atomic.Bool
+// faultAround is the span of a file mapping one read fault maps: the
+// kernel's fault_around_bytes (64 KiB unless an administrator changed it
+// in debugfs), or a page where pages are larger.
+var faultAround = max(os.Getpagesize(), 64<<10)
 
 // Populate reads [off, off+n) into the page cache and maps it read-only into
-// the private mapping, preserving copy-on-write (MADV_POPULATE_READ, or a
-// read of one byte per page on kernels without it). The part of the range
-// past Size() is ignored. ctx is checked between 8 MiB slices.
+// the private mapping, preserving copy-on-write: it reads one byte every
+// faultAround bytes and the range's last byte. Each read that faults maps
+// the faultAround span around it, as the consumer's own first read would;
+// MADV_POPULATE_READ maps the same pages but walks them one by one, which
+// measured 2-3.5x the CPU (3.85 GB hot: 90-180 ms against 51 ms, 2
+// threads). Where fault-around maps less, the consumer faults the rest in
+// itself (minor faults: correct, slower). The last byte makes a range that
+// lies past the file's end (truncated since it was opened) fail here, not
+// as a SIGBUS in the caller. The part of the range past Size() is ignored.
+// ctx is checked between 8 MiB slices.
 func (o *mmapObject) Populate(ctx context.Context, off, n int64) error {
 	if err := ctx.Err(); err != nil {
 		return o.populateError(off, n, storage.Canceled, err)
@@ -174,38 +183,29 @@ func (o *mmapObject) populate(s, e int64) error {
 	if o.unmapped {
 		return os.ErrClosed
 	}
-	b := o.mem[s:e]
-	for !noPopulateRead.Load() {
-		switch err := unix.Madvise(b, unix.MADV_POPULATE_READ); err {
-		case nil:
-			return nil
-		case syscall.EINTR, syscall.EAGAIN:
-			continue
-		case syscall.EINVAL, syscall.ENOSYS:
-			noPopulateRead.Store(true)
-		default:
-			return os.NewSyscallError("madvise", err)
-		}
-	}
-	return touchPages(b)
+	return touchPages(o.mem[s:e], faultAround)
 }
 
 var touchSink atomic.Uint32
 
-// touchPages reads one byte per page of b, turning the fault a read of a
-// page past the end of a truncated file raises into EFAULT.
-func touchPages(b []byte) (err error) {
+// touchPages reads one byte every stride bytes of b and its last byte,
+// turning the fault a read of a page past the end of a truncated file
+// raises into EFAULT.
+func touchPages(b []byte, stride int) (err error) {
+	if len(b) == 0 {
+		return nil
+	}
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = os.NewSyscallError("madvise", syscall.EFAULT)
+			err = os.NewSyscallError("populate", syscall.EFAULT)
 		}
 	}()
-	ps := os.Getpagesize()
 	var x byte
-	for i := 0; i < len(b); i += ps {
+	for i := 0; i < len(b); i += stride {
 		x ^= b[i]
 	}
+	x ^= b[len(b)-1]
 	touchSink.Store(uint32(x))
 	return nil
 }

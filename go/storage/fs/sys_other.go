@@ -9,8 +9,8 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// Outside Linux every object is buffered: O_DIRECT, the private mapping with
-// MADV_POPULATE_READ and mincore-based residency are Linux-specific here.
+// Outside Linux every object is buffered: O_DIRECT, the private mapping and
+// its populate, and mincore-based residency are Linux-specific here.
 
 var errUnsupported = errors.New("not supported on this platform")
 
