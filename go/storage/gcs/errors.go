@@ -36,7 +36,7 @@ func classify(ctx context.Context, op, uri string, off, n int64, err error) *sto
 	}
 	var se *storage.Error
 	var te *tokenError
-	var stall *stallError
+	var stall *storage.StallError
 	var cve *tls.CertificateVerificationError
 	switch {
 	case errors.As(err, &se):
@@ -97,8 +97,8 @@ const maxErrorBody = 64 << 10
 // code, its Retry-After, and a storage.HTTPError with the reason and
 // message the body gives. A 404 to a read is an object deleted or replaced
 // since Open (reads are pinned to its generation).
-func statusError(ctx context.Context, op, uri string, off, n int64, resp *http.Response, w *watch) *storage.Error {
-	body, _ := io.ReadAll(io.LimitReader(watchedBody{r: resp.Body, w: w}, maxErrorBody))
+func statusError(ctx context.Context, op, uri string, off, n int64, resp *http.Response, w *storage.StallWatch) *storage.Error {
+	body, _ := io.ReadAll(io.LimitReader(w.Reader(resp.Body), maxErrorBody))
 	reason, msg := describe(body)
 	if op == "read" && resp.StatusCode == http.StatusNotFound {
 		if msg == "" || msg == http.StatusText(http.StatusNotFound) {

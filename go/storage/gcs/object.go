@@ -76,7 +76,7 @@ func (o *object) get(ctx context.Context, dst []byte, off, reqLen int64) (int, e
 	if err != nil {
 		return fail(0, err)
 	}
-	defer w.done()
+	defer w.Done()
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
@@ -102,11 +102,11 @@ func (o *object) get(ctx context.Context, dst []byte, off, reqLen int64) (int, e
 		return 0, &storage.Error{Op: "read", URI: o.uri, Off: off, Len: reqLen, Code: storage.Internal,
 			Err: errors.New("the server sent a gzip-encoded object decompressed, though asked for the stored bytes")}
 	}
-	got, err := io.ReadFull(watchedBody{r: resp.Body, w: w}, dst)
+	got, err := io.ReadFull(w.Reader(resp.Body), dst)
 	if err != nil {
 		switch {
-		case w.fired():
-			err = w.stall
+		case w.Fired() != nil:
+			err = w.Fired()
 		case err == io.ErrUnexpectedEOF || err == io.EOF:
 			err = fmt.Errorf("%w: body ended after %d of %d bytes", io.ErrUnexpectedEOF, got, len(dst))
 		}

@@ -41,7 +41,7 @@ func (b *backend) Put(ctx context.Context, uri string, data []byte) error {
 	if err != nil {
 		return classify(ctx, "put", uri, 0, n, err)
 	}
-	defer w.done()
+	defer w.Done()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return statusError(ctx, "put", uri, 0, n, resp, w)
@@ -49,7 +49,7 @@ func (b *backend) Put(ctx context.Context, uri string, data []byte) error {
 	var got struct {
 		CRC32C string `json:"crc32c"`
 	}
-	if err := json.NewDecoder(watchedBody{r: resp.Body, w: w}).Decode(&got); err != nil || got.CRC32C == "" {
+	if err := json.NewDecoder(w.Reader(resp.Body)).Decode(&got); err != nil || got.CRC32C == "" {
 		return nil // committed; the answer only confirms it
 	}
 	want := base64.StdEncoding.EncodeToString(checksum.Bytes(checksum.CRC32C, checksum.Sum(checksum.CRC32C, data)))

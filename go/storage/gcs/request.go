@@ -13,98 +13,43 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// stallError is the cause of a request that received nothing (no
-// response header, no body byte) for the stall timeout.
-type stallError struct{ after time.Duration }
-
-func (e *stallError) Error() string {
-	return fmt.Sprintf("no data for %v (%s): transfer stalled, aborted", e.after, SettingStallTimeoutMS)
-}
-
-// Timeout reports true, as a net.Error does for a timeout.
-func (e *stallError) Timeout() bool { return true }
-
-// watch cancels one request when no byte arrives for the stall timeout. The
-// transport's ResponseHeaderTimeout alone would not cut a body that stops
-// part way.
-type watch struct {
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	t      *time.Timer
-	d      time.Duration
-	stall  *stallError
-}
-
-func newWatch(parent context.Context, d time.Duration) *watch {
-	ctx, cancel := context.WithCancelCause(parent)
-	w := &watch{ctx: ctx, cancel: cancel, d: d, stall: &stallError{after: d}}
-	w.t = time.AfterFunc(d, func() { cancel(w.stall) })
-	return w
-}
-
-// fired reports whether the watchdog cut the request.
-func (w *watch) fired() bool { return context.Cause(w.ctx) == error(w.stall) }
-
-// kick re-arms the watchdog: data arrived.
-func (w *watch) kick() { w.t.Reset(w.d) }
-
-// done releases the watchdog and the request's context.
-func (w *watch) done() {
-	w.t.Stop()
-	w.cancel(nil)
-}
-
-// watchedBody re-arms the watchdog on every read that returns bytes.
-type watchedBody struct {
-	r io.Reader
-	w *watch
-}
-
-func (b watchedBody) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if n > 0 {
-		b.w.kick()
-	}
-	return n, err
-}
-
 // send makes exactly one request, with credentials, under a stall
 // watchdog. On success the caller reads resp.Body through watchedBody and
-// calls w.done; on failure the error is the cause (*stallError when the
+// calls w.done; on failure the error is the cause (*storage.StallError when the
 // watchdog cut it) for classify.
-func (b *backend) send(ctx context.Context, method, u string, h http.Header, body io.Reader) (*http.Response, *watch, error) {
+func (b *backend) send(ctx context.Context, method, u string, h http.Header, body io.Reader) (*http.Response, *storage.StallWatch, error) {
 	return b.sendAs(ctx, b.auth, method, u, h, body)
 }
 
 // sendAs is send with the credentials a (nil: none).
-func (b *backend) sendAs(ctx context.Context, a *authorizer, method, u string, h http.Header, body io.Reader) (*http.Response, *watch, error) {
-	w := newWatch(ctx, b.stall)
-	req, err := http.NewRequestWithContext(w.ctx, method, u, body)
+func (b *backend) sendAs(ctx context.Context, a *authorizer, method, u string, h http.Header, body io.Reader) (*http.Response, *storage.StallWatch, error) {
+	w := storage.NewStallWatch(ctx, b.stall)
+	req, err := http.NewRequestWithContext(w.Context(), method, u, body)
 	if err != nil {
-		w.done()
+		w.Done()
 		return nil, nil, err
 	}
 	for k, v := range h {
 		req.Header[k] = v
 	}
 	if err := a.authorize(req); err != nil {
-		stalled := w.fired()
-		w.done()
-		if stalled {
-			return nil, nil, w.stall
+		stall := w.Fired()
+		w.Done()
+		if stall != nil {
+			return nil, nil, stall
 		}
 		return nil, nil, err
 	}
 	resp, err := b.hc.Do(req)
 	if err != nil {
-		stalled := w.fired()
-		w.done()
-		if stalled {
-			return nil, nil, w.stall
+		stall := w.Fired()
+		w.Done()
+		if stall != nil {
+			return nil, nil, stall
 		}
 		return nil, nil, err
 	}
-	w.kick()
+	w.Kick()
 	return resp, w, nil
 }
 
@@ -138,16 +83,16 @@ func (b *backend) getJSONOnce(ctx context.Context, op, uri, u string, v any) err
 	if err != nil {
 		return classify(ctx, op, uri, 0, 0, err)
 	}
-	defer w.done()
+	defer w.Done()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return statusError(ctx, op, uri, 0, 0, resp, w)
 	}
-	if err := json.NewDecoder(watchedBody{r: resp.Body, w: w}).Decode(v); err != nil {
+	if err := json.NewDecoder(w.Reader(resp.Body)).Decode(v); err != nil {
 		var syn *json.SyntaxError
 		var typ *json.UnmarshalTypeError
-		if w.fired() {
-			err = w.stall
+		if stall := w.Fired(); stall != nil {
+			err = stall
 		} else if errors.As(err, &syn) || errors.As(err, &typ) {
 			return &storage.Error{Op: op, URI: uri, Code: storage.Internal, Err: fmt.Errorf("malformed JSON answer: %w", err)}
 		}

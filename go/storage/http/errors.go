@@ -14,18 +14,8 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// StallError reports a request that received nothing for the stall
-// timeout: no response header, or no body byte since the last one.
-type StallError struct {
-	After time.Duration
-}
-
-func (e *StallError) Error() string {
-	return fmt.Sprintf("stalled: no data received for %v", e.After)
-}
-
-// Timeout reports true, as a net.Error does for a timeout.
-func (e *StallError) Timeout() bool { return true }
+// StallError is storage.StallError (its name here before it was shared).
+type StallError = storage.StallError
 
 // statusError is the error of a response with an error status, from the
 // URL u (named when it is a redirect target, without its query).

@@ -82,11 +82,11 @@ func (b *Backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 // do sends a request for u with the given headers, credentials only when u
 // is on the original host, under a stall watchdog. On success the caller
 // reads the body through watchedReader and calls w.done.
-func (o *object) do(ctx context.Context, method string, u *url.URL, h nethttp.Header, op string, off, n int64) (*nethttp.Response, *watch, error) {
-	w := newWatch(ctx, o.b.stall)
-	req, err := nethttp.NewRequestWithContext(w.ctx, method, u.String(), nil)
+func (o *object) do(ctx context.Context, method string, u *url.URL, h nethttp.Header, op string, off, n int64) (*nethttp.Response, *storage.StallWatch, error) {
+	w := storage.NewStallWatch(ctx, o.b.stall)
+	req, err := nethttp.NewRequestWithContext(w.Context(), method, u.String(), nil)
 	if err != nil {
-		w.done()
+		w.Done()
 		return nil, nil, &storage.Error{Op: op, URI: o.name, Code: storage.InvalidArgument, Err: errors.New("cannot build a request for the URL")}
 	}
 	if sameHost(u, o.orig) {
@@ -97,17 +97,17 @@ func (o *object) do(ctx context.Context, method string, u *url.URL, h nethttp.He
 	}
 	resp, err := o.b.client.Do(req)
 	if err != nil {
-		stall := w.fired()
-		w.done()
+		stall := w.Fired()
+		w.Done()
 		return nil, nil, transportError(ctx, op, o.name, off, n, err, stall)
 	}
-	w.kick()
+	w.Kick()
 	return resp, w, nil
 }
 
-func closeResp(resp *nethttp.Response, w *watch) {
+func closeResp(resp *nethttp.Response, w *storage.StallWatch) {
 	resp.Body.Close()
-	w.done()
+	w.Done()
 }
 
 // stat asks for the metadata: HEAD, then a ranged GET of byte 0 where HEAD
@@ -157,7 +157,7 @@ func (o *object) stat(ctx context.Context) error {
 		if o.size <= drainLimit {
 			// A small body is read out so the connection is kept, rather
 			// than reset under a server still writing it.
-			_, _ = io.Copy(io.Discard, watchedReader{r: resp.Body, w: w})
+			_, _ = io.Copy(io.Discard, w.Reader(resp.Body))
 		}
 	case nethttp.StatusRequestedRangeNotSatisfiable:
 		// Byte 0 of an empty file: "bytes */0".
@@ -279,7 +279,7 @@ func (o *object) fetch(ctx context.Context, u *url.URL, onRedirect bool, dst []b
 	}
 	defer closeResp(resp, w)
 	final := resp.Request.URL
-	body := io.Reader(watchedReader{r: resp.Body, w: w})
+	body := io.Reader(w.Reader(resp.Body))
 
 	switch resp.StatusCode {
 	case nethttp.StatusPartialContent:
@@ -320,7 +320,7 @@ func (o *object) fetch(ctx context.Context, u *url.URL, onRedirect bool, dst []b
 		}
 		if off > 0 {
 			if _, err := io.CopyN(io.Discard, body, off); err != nil {
-				return 0, bodyError(ctx, "read", o.name, off, reqLen, 0, err, w.fired()), false
+				return 0, bodyError(ctx, "read", o.name, off, reqLen, 0, err, w.Fired()), false
 			}
 		}
 	case nethttp.StatusPreconditionFailed, nethttp.StatusRequestedRangeNotSatisfiable:
@@ -338,7 +338,7 @@ func (o *object) fetch(ctx context.Context, u *url.URL, onRedirect bool, dst []b
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
-		return n, bodyError(ctx, "read", o.name, off, reqLen, n, err, w.fired()), false
+		return n, bodyError(ctx, "read", o.name, off, reqLen, n, err, w.Fired()), false
 	}
 	// Observe the end of the body so the connection goes back to the
 	// pool (closing it before EOF would close the connection).

@@ -2,29 +2,17 @@ package s3
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/model-streamer/model-streamer/go/storage"
 )
 
-// StallError reports a request that received nothing for the stall timeout:
-// no response header, or no body byte since the last one.
-type StallError struct {
-	After time.Duration // the stall timeout
-}
-
-func (e *StallError) Error() string {
-	return fmt.Sprintf("stalled: no data received for %v", e.After)
-}
-
-// Timeout reports true, as a net.Error does for a timeout.
-func (e *StallError) Timeout() bool { return true }
-
-// Temporary reports true: a new request may well succeed.
-func (e *StallError) Temporary() bool { return true }
+// StallError is storage.StallError (its name here before it was shared).
+type StallError = storage.StallError
 
 // stallClient aborts a request when it receives no byte for timeout: it
 // cancels the request's context unless a response header or a body byte
