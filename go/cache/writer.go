@@ -361,8 +361,8 @@ func (w *writer) commit() error {
 		verified = w.want.String()
 	default:
 		// No CRC from the store: read the file back (from the disk, for
-		// the pages written direct) and check it is what the reads returned, and the store's MD5
-		// when it keeps one.
+		// the pages written direct) and check it is what the reads
+		// returned, and the store's MD5 when it keeps one.
 		if err := w.readBack(sum); err != nil {
 			return err
 		}
