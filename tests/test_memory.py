@@ -167,3 +167,25 @@ def test_peak_rss_at_limit_0_owned_loop(one_large_checkpoint):
     assert grew < bound, (
         f"peak RSS grew by {grew / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB "
         f"(arena {m['arena_bytes'] / MiB:.0f} MiB)")
+
+
+def test_peak_rss_at_limit_0_owned_consumer_that_deletes(big_checkpoint):
+    """RUNAI_STREAMER_MEMORY_LIMIT=0, owned=True, seven 64 MiB tensors back
+    to back, and a consumer that really drops each tensor before asking for
+    the next (`del t` at the end of the loop body): peak RSS growth stays
+    under the largest tensor + 64 MiB. (With the plain loop, the loop
+    variable holds one 64 MiB tensor while the next is read: two at once,
+    which test_peak_rss_under_memory_limit bounds.)"""
+    paths, total_bytes = big_checkpoint
+    code = MEASURE.replace("        nbytes += t.numel() * t.element_size()\n",
+                           "        nbytes += t.numel() * t.element_size()\n        del t\n")
+    assert "del t" in code
+    r = run_python(code, args=[json.dumps(paths), "owned"],
+                   env={"RUNAI_STREAMER_MEMORY_LIMIT": "0"}, timeout=240)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["tensors"] == 159 and m["bytes"] == total_bytes
+    grew = m["peak"] - m["base"]
+    print(f"limit 0 owned=True, del each tensor: peak RSS +{grew / MiB:.1f} MiB")
+    bound = LARGEST + SLACK
+    assert grew < bound, f"peak RSS grew by {grew / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB"
