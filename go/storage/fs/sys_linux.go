@@ -232,22 +232,30 @@ func (o *mmapObject) populateError(off, n int64, code storage.Code, err error) e
 // not touch the mapping afterwards. Later calls return nil.
 func (o *mmapObject) Close() error {
 	o.mu.Lock()
-	var uerr error
 	if !o.unmapped {
 		o.unmapped = true
 		if len(o.mem) > 0 {
-			uerr = unix.Munmap(o.mem)
+			unmapLater(o.mem)
 		}
 		o.mem = nil
 	}
 	o.mu.Unlock()
-	if err := o.file.Close(); err != nil {
-		return err
-	}
-	if uerr != nil {
-		return &storage.Error{Op: "close", URI: o.uri, Code: storage.Internal, Err: os.NewSyscallError("munmap", uerr)}
-	}
-	return nil
+	return o.file.Close()
+}
+
+// unmapLater unmaps mem on a goroutine of its own. Tearing down the page
+// tables of a populated mapping is about 18 ms per GB here (70 ms for a
+// 3.85 GB checkpoint), which the stream's Close, at the end of the
+// caller's load, need not wait for: nothing touches the memory after
+// Close, and the kernel frees it whenever the unmap runs (or at exit).
+func unmapLater(mem []byte) {
+	go func() {
+		if err := unix.Munmap(mem); err != nil {
+			// Only a mapping this object did not make fails; nothing to
+			// undo, but say so rather than hide a bug.
+			fmt.Fprintf(os.Stderr, "model-streamer: munmap: %v\n", err)
+		}
+	}()
 }
 
 // Network and FUSE file systems (statfs f_type): never mapped or read with
