@@ -912,6 +912,16 @@ func TestCABundle(t *testing.T) {
 	if n, err := o.ReadAt(context.Background(), dst, 0); n != 1000 || (err != nil && err != io.EOF) || !bytes.Equal(dst, f.data) {
 		t.Fatalf("ReadAt over TLS: %d, %v", n, err)
 	}
+
+	notPEM := filepath.Join(t.TempDir(), "not.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s[SettingCABundle] = notPEM
+	if _, err := New(s); err == nil || !strings.Contains(err.Error(), SettingCABundle+"="+notPEM) ||
+		!strings.Contains(err.Error(), "no PEM certificate") {
+		t.Fatalf("New with a bundle holding no certificate = %v; want an error naming %s and the file", err, SettingCABundle)
+	}
 }
 
 // BenchmarkReadAt reads 8 MiB ranges of a 512 MiB object from MinIO on
