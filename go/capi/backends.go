@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,27 +95,93 @@ func (r request) registry() *storage.Registry {
 		},
 		"az": func(s storage.Settings) (storage.Backend, error) { return azure.New(s) },
 	} {
-		reg.Register(scheme, &lazyBackend{settings: r.settings, build: build})
+		reg.Register(scheme, sharedBackend(scheme, r.settings, build))
 	}
 	// One backend (one connection pool) for both schemes of URLs.
-	web := &lazyBackend{settings: r.settings, build: httpstore.New}
+	web := sharedBackend("http", r.settings, httpstore.New)
 	reg.Register("http", web)
 	reg.Register("https", web)
 	return reg
+}
+
+// backends keeps this process's object-storage backends by scheme and
+// settings, so that requests with the same settings share one client and
+// its warm connections rather than each building its own: a pull of N
+// files was N clients, each dialling (and over TLS, handshaking) up to its
+// concurrency in connections, and a distributed load's header and data
+// streams were two. Settings name everything a backend depends on
+// (endpoint, credentials, timeouts); the working directory is part of the
+// key too, for the trace file a backend opens there.
+var backends struct {
+	mu    sync.Mutex
+	byKey map[string]*lazyBackend
+	order []string // oldest first
+}
+
+// maxBackends bounds the backends kept: a process whose settings change
+// call after call builds new ones, and the oldest are let go.
+const maxBackends = 16
+
+func sharedBackend(scheme string, s storage.Settings, build func(storage.Settings) (storage.Backend, error)) *lazyBackend {
+	key := backendKey(scheme, s)
+	backends.mu.Lock()
+	defer backends.mu.Unlock()
+	if b, ok := backends.byKey[key]; ok {
+		return b
+	}
+	if backends.byKey == nil {
+		backends.byKey = map[string]*lazyBackend{}
+	}
+	if len(backends.order) >= maxBackends {
+		delete(backends.byKey, backends.order[0])
+		backends.order = backends.order[1:]
+	}
+	b := &lazyBackend{settings: maps.Clone(s), build: build, key: key}
+	backends.byKey[key] = b
+	backends.order = append(backends.order, key)
+	return b
+}
+
+func backendKey(scheme string, s storage.Settings) string {
+	var k strings.Builder
+	k.WriteString(scheme)
+	dir, _ := os.Getwd()
+	k.WriteString("\x00" + dir)
+	for _, name := range slices.Sorted(maps.Keys(s)) {
+		k.WriteString("\x00" + name + "=" + s[name])
+	}
+	return k.String()
 }
 
 // lazyBackend builds its backend on first use and forwards to it.
 type lazyBackend struct {
 	settings storage.Settings
 	build    func(storage.Settings) (storage.Backend, error)
+	key      string // in backends
 	once     sync.Once
 	b        storage.Backend
 	err      error
 }
 
 func (l *lazyBackend) get() (storage.Backend, error) {
-	l.once.Do(func() { l.b, l.err = l.build(l.settings) })
+	l.once.Do(func() {
+		l.b, l.err = l.build(l.settings)
+		if l.err != nil {
+			// Not kept: the next request builds again (credentials that
+			// were not there yet, a metadata server that did not answer).
+			forgetBackend(l)
+		}
+	})
 	return l.b, l.err
+}
+
+func forgetBackend(l *lazyBackend) {
+	backends.mu.Lock()
+	defer backends.mu.Unlock()
+	if backends.byKey[l.key] == l {
+		delete(backends.byKey, l.key)
+		backends.order = slices.DeleteFunc(backends.order, func(k string) bool { return k == l.key })
+	}
 }
 
 // named puts uri into a backend construction error, which cannot know it.
