@@ -231,6 +231,10 @@ var unlimitedRing int64 = 256 << 20
 // checksum it will be verified with: the part of opening a file that header
 // streams and range streams share.
 func (s *Stream) openObject(f *fileState) error {
+	// The sidecar lookup needs only the URI: started first, its request
+	// overlaps the object's own metadata request instead of following it
+	// (one round trip less per object, a cache hit's included).
+	f.sideWait = s.startSidecar(f)
 	obj, err := s.cfg.Storage.Open(s.ctx, f.uri)
 	if err != nil {
 		return err
@@ -240,7 +244,6 @@ func (s *Stream) openObject(f *fileState) error {
 	if st, ok := obj.(interface{ Strategy() string }); ok {
 		f.strategy = st.Strategy()
 	}
-	f.sideWait = s.startSidecar(f)
 	return s.wantChecksum(f)
 }
 
