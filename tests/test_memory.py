@@ -119,14 +119,22 @@ print(json.dumps({"base": base, "peak": status("VmHWM"), "reset": reset, "tensor
 '''
 
 
+def _measure(paths, owned, limit, code=MEASURE):
+    """Runs code (MEASURE or a variant) over paths in a fresh process with
+    RUNAI_STREAMER_MEMORY_LIMIT=limit; returns its figures and the peak RSS
+    growth."""
+    r = run_python(code, args=[json.dumps(paths), "owned" if owned else "not"],
+                   env={"RUNAI_STREAMER_MEMORY_LIMIT": str(limit)}, timeout=240)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    return m, m["peak"] - m["base"]
+
+
 @pytest.mark.parametrize("owned", [False, True], ids=["owned=False", "owned=True"])
 @pytest.mark.parametrize("limit", [0, MIDDLE_LIMIT], ids=["limit=0", "limit=200MiB"])
 def test_peak_rss_under_memory_limit(big_checkpoint, limit, owned):
     paths, total_bytes = big_checkpoint
-    r = run_python(MEASURE, args=[json.dumps(paths), "owned" if owned else "not"],
-                   env={"RUNAI_STREAMER_MEMORY_LIMIT": str(limit)}, timeout=240)
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout.strip().splitlines()[-1])
+    m, grew = _measure(paths, owned, limit)
     assert m["tensors"] == 159
     effective = LARGEST if limit == 0 else limit
     # What the library allocated: the limit, plus (owned=True) room for the
@@ -136,7 +144,6 @@ def test_peak_rss_under_memory_limit(big_checkpoint, limit, owned):
         f"the library allocated {m['arena_bytes'] / MiB:.0f} MiB, more than "
         f"{arena_bound / MiB:.0f} MiB (limit {limit}, owned={owned}, largest tensor 64 MiB)")
     bound = effective + SLACK + (LARGEST if owned else 0)
-    grew = m["peak"] - m["base"]
     print(f"limit {limit} owned={owned}: peak RSS +{grew / MiB:.1f} MiB, "
           f"arena {m['arena_bytes'] / MiB:.1f} MiB")
     assert grew < bound, (
@@ -155,12 +162,8 @@ def test_peak_rss_at_limit_0_owned_loop(one_large_checkpoint):
     largest tensor + 64 MiB (it was about 2 x the largest + 6 MiB: ring and
     standalone block both resident)."""
     paths, total_bytes = one_large_checkpoint
-    r = run_python(MEASURE, args=[json.dumps(paths), "owned"],
-                   env={"RUNAI_STREAMER_MEMORY_LIMIT": "0"}, timeout=240)
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout.strip().splitlines()[-1])
+    m, grew = _measure(paths, True, 0)
     assert m["tensors"] == 121 and m["bytes"] == total_bytes
-    grew = m["peak"] - m["base"]
     print(f"limit 0 owned=True, one 64 MiB tensor: peak RSS +{grew / MiB:.1f} MiB, "
           f"arena {m['arena_bytes'] / MiB:.1f} MiB")
     bound = LARGEST + SLACK
@@ -180,12 +183,8 @@ def test_peak_rss_at_limit_0_owned_consumer_that_deletes(big_checkpoint):
     code = MEASURE.replace("        nbytes += t.numel() * t.element_size()\n",
                            "        nbytes += t.numel() * t.element_size()\n        del t\n")
     assert "del t" in code
-    r = run_python(code, args=[json.dumps(paths), "owned"],
-                   env={"RUNAI_STREAMER_MEMORY_LIMIT": "0"}, timeout=240)
-    assert r.returncode == 0, r.stderr
-    m = json.loads(r.stdout.strip().splitlines()[-1])
+    m, grew = _measure(paths, True, 0, code)
     assert m["tensors"] == 159 and m["bytes"] == total_bytes
-    grew = m["peak"] - m["base"]
     print(f"limit 0 owned=True, del each tensor: peak RSS +{grew / MiB:.1f} MiB")
     bound = LARGEST + SLACK
     assert grew < bound, f"peak RSS grew by {grew / MiB:.0f} MiB, bound {bound / MiB:.0f} MiB"
