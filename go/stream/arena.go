@@ -57,16 +57,19 @@ func allocAnon(n int64) ([]byte, func(), error) {
 type arena struct {
 	mu       sync.Mutex
 	cond     *sync.Cond
-	capacity int64
-	ring     *segment
-	live     []*region // regions in the ring, in allocation order
-	head     int64     // next free offset in the ring
-	closed   bool
-	waiting  bool  // a caller is blocked in alloc
-	grant    bool  // the consumer allows one allocation outside the ring
-	peak     int64 // bytes allocated at once, peak
-	current  int64
-	lent     []*segment // file mappings regions point into
+	capacity int64 // the ring's size
+	// bound is what a bounded arena keeps ringUsed + outside within: the
+	// memory limit, which may exceed the ring (see planMemory).
+	bound   int64
+	ring    *segment
+	live    []*region // regions in the ring, in allocation order
+	head    int64     // next free offset in the ring
+	closed  bool
+	waiting bool  // a caller is blocked in alloc
+	grant   bool  // the consumer allows one allocation outside the ring
+	peak    int64 // bytes allocated at once, peak
+	current int64
+	lent    []*segment // file mappings regions point into
 	// unlimited arenas have no memory limit: once the consumer is found
 	// keeping the ring's tensors, every region that does not fit gets fresh
 	// memory at once instead of waiting for a grant each.
@@ -103,7 +106,7 @@ func newArena(capacity int64) (*arena, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &arena{capacity: capacity, ring: &segment{mem: mem, release: release}}
+	a := &arena{capacity: capacity, bound: capacity, ring: &segment{mem: mem, release: release}}
 	a.cond = sync.NewCond(&a.mu)
 	a.current = capacity
 	a.peak = capacity
@@ -158,10 +161,10 @@ func (a *arena) alloc(r *region) (bool, error) {
 }
 
 // within reports whether a bounded arena may place n more bytes in its ring:
-// what the ring holds plus what it placed outside stays within its capacity.
+// what the ring holds plus what it placed outside stays within its bound.
 // An unlimited arena's ring is a cache, not a bound.
 func (a *arena) within(n int64) bool {
-	return a.unlimited || a.ringUsed+a.outside+n <= a.capacity
+	return a.unlimited || a.ringUsed+a.outside+n <= a.bound
 }
 
 // dropFreeRing gives the pages of the ring that no live region uses back to

@@ -144,3 +144,39 @@ func TestPeekingNeverLeavesTheRing(t *testing.T) {
 		}
 	}
 }
+
+// A memory limit larger than an unlimited stream's ring bounds memory but
+// does not make the ring larger: a consumer that drops each tensor stays in
+// a ring the unlimited stream's size (every byte past it would be fresh
+// memory), and one that keeps everything still gets it all, past the ring,
+// within the limit's grants.
+func TestLimitAboveTheUnlimitedRing(t *testing.T) {
+	const ring = 64 << 10
+	defer stream.SetUnlimitedRing(ring)()
+	cp := writeCheckpoint(t, 11, 3, 60, 3000)
+	var largest int64
+	for _, b := range cp.want {
+		largest = max(largest, int64(len(b)))
+	}
+	if 2*largest > ring {
+		t.Fatalf("largest tensor %d: the case needs a ring that is not sized by it", largest)
+	}
+	for _, keep := range []bool{false, true} {
+		cfg := stream.DefaultConfig(registry(fs.Buffered))
+		cfg.ChunkBytes = 16 << 10
+		cfg.MemoryLimit = 16 * ring
+		s, err := stream.Open(context.Background(), cfg, cp.paths, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := drain(t, s, cp.want, keep)
+		st := s.Stats()
+		s.Close()
+		if len(seen) != len(cp.want) {
+			t.Fatalf("keep=%v: got %d tensors, want %d", keep, len(seen), len(cp.want))
+		}
+		if !keep && st.ArenaBytes > ring+3*4096 {
+			t.Fatalf("dropping each tensor: arena peaked at %d bytes, more than the %d-byte ring", st.ArenaBytes, ring)
+		}
+	}
+}
