@@ -486,18 +486,7 @@ func TestContributedBytesCompleteTheEntry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for {
-				batch, err := s.Next(ctxT(t), 0, -1)
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range batch {
-					r.Release()
-				}
-			}
+			releaseAll(t, s)
 			// The peers' share, as a distributed load receives it.
 			for off := mid; off < int64(len(data)); off += 1 << 20 {
 				end := min(off+1<<20, int64(len(data)))
@@ -547,18 +536,7 @@ func TestWrongContributionIsDiscarded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		batch, err := s.Next(ctxT(t), 0, -1)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range batch {
-			r.Release()
-		}
-	}
+	releaseAll(t, s)
 	bad := bytes.Clone(data[half:])
 	bad[100] ^= 1
 	if !cache.Contribute(uri, half, bad) {
@@ -590,18 +568,7 @@ func TestReopenWhileCompleting(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		batch, err := s.Next(ctxT(t), 0, -1)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range batch {
-			r.Release()
-		}
-	}
+	releaseAll(t, s)
 	s.Close() // the entry completes in the background; no Wait
 	before := st.proxy.BodyBytes()
 	sums, _, err := load(ctxT(t), o, uri)
@@ -610,5 +577,22 @@ func TestReopenWhileCompleting(t *testing.T) {
 	}
 	if moved := st.proxy.BodyBytes() - before; moved*50 >= int64(len(data)) || o.Stats().Hits.Load() != 1 {
 		t.Fatalf("reload right after close: %d bytes over the wire, %d hits", moved, o.Stats().Hits.Load())
+	}
+}
+
+// releaseAll takes every tensor of s and releases it.
+func releaseAll(t *testing.T, s *stream.Stream) {
+	t.Helper()
+	for {
+		batch, err := s.Next(ctxT(t), 0, -1)
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range batch {
+			r.Release()
+		}
 	}
 }
