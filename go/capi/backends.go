@@ -19,6 +19,7 @@ import (
 	"github.com/model-streamer/model-streamer/go/storage/gcs"
 	httpstore "github.com/model-streamer/model-streamer/go/storage/http"
 	"github.com/model-streamer/model-streamer/go/storage/s3"
+	"github.com/model-streamer/model-streamer/go/stream"
 )
 
 // request is what a call's ms_config says, in Go terms.
@@ -32,7 +33,27 @@ type request struct {
 	verify      integrity.Mode // MODEL_STREAMER_VERIFY
 }
 
+// parseConfig reads a call's ms_config; what it refuses is an
+// ErrInvalidRequest.
 func parseConfig(config *cConfig) (request, error) {
+	r, err := parseFields(config)
+	if err != nil {
+		return r, invalidRequest(err)
+	}
+	return r, nil
+}
+
+func invalidRequest(err error) error { return fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err) }
+
+// streamConfig is the engine's configuration for r, reading through o.
+func (r request) streamConfig(o stream.Opener) stream.Config {
+	cfg := stream.DefaultConfig(o)
+	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = r.concurrency, r.memoryLimit, r.chunkBytes, r.retry
+	cfg.Verify = r.verify
+	return cfg
+}
+
+func parseFields(config *cConfig) (request, error) {
 	r := request{memoryLimit: -1, settings: storage.Settings{}}
 	if config == nil {
 		return r, nil

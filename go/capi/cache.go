@@ -23,9 +23,20 @@ import (
 func (r request) opener(readOnly bool) (stream.Opener, error) {
 	o, err := cache.FromSettings(r.registry(), r.settings, readOnly, nil)
 	if err != nil {
-		return nil, err
+		return nil, invalidRequest(err)
 	}
 	return o.(stream.Opener), nil
+}
+
+// configured parses a call's ms_config and makes the opener it reads
+// through (see opener).
+func configured(config *cConfig, readOnly bool) (request, stream.Opener, error) {
+	req, err := parseConfig(config)
+	if err != nil {
+		return req, nil, err
+	}
+	o, err := req.opener(readOnly)
+	return req, o, err
 }
 
 //export msgo_cache
@@ -93,7 +104,7 @@ type cacheUsage struct {
 func manageCache(op, dir string, maxBytes int64) (any, error) {
 	c, err := cache.Open(dir, maxBytes)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err)
+		return nil, invalidRequest(err)
 	}
 	switch op {
 	case "ls":

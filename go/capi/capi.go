@@ -128,17 +128,11 @@ func msgo_stream_open(uris **C.char, nURIs C.int32_t, names **C.char, nNames C.i
 		setErr(errBuf, errLen, "ms_stream_open: invalid arguments")
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
-	req, err := parseConfig(config)
+	req, opener, err := configured(config, false)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
-	opener, err := req.opener(false)
-	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
-	}
-	cfg := stream.DefaultConfig(opener)
-	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
-	cfg.Verify = req.verify
+	cfg := req.streamConfig(opener)
 	s, err := stream.Open(context.Background(), cfg, cStrings(uris, nURIs), cStrings(names, nNames))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -191,17 +185,11 @@ func msgo_stream_open_ranges(uris **C.char, nURIs C.int32_t, nRanges *C.int32_t,
 		}
 		reqs[i] = r
 	}
-	req, err := parseConfig(config)
+	req, opener, err := configured(config, false)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
-	opener, err := req.opener(false)
-	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
-	}
-	cfg := stream.DefaultConfig(opener)
-	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
-	cfg.Verify = req.verify
+	cfg := req.streamConfig(opener)
 	s, err := stream.OpenRanges(context.Background(), cfg, reqs)
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -422,7 +410,7 @@ func msgo_list(uri *C.char, recursive C.int32_t, config *cConfig, out **C.char,
 	*out = nil
 	req, err := parseConfig(config)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
 	objects, err := req.registry().List(context.Background(), C.GoString(uri), recursive != 0)
 	if err != nil {
@@ -451,17 +439,13 @@ func msgo_download(uri *C.char, path *C.char, config *cConfig, errBuf *C.char, e
 		setErr(errBuf, errLen, "ms_download: invalid arguments")
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
-	req, err := parseConfig(config)
-	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
-	}
-	ctx := context.Background()
 	// Through the local cache when one is set: a hit copies the entry, a
 	// miss writes the entry through as it downloads.
-	opener, err := req.opener(false)
+	req, opener, err := configured(config, false)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
+	ctx := context.Background()
 	obj, err := opener.Open(ctx, C.GoString(uri))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -492,16 +476,11 @@ func msgo_read_headers(uris **C.char, nURIs C.int32_t, config *cConfig, out **C.
 		return C.MS_ERR_INVALID_ARGUMENT
 	}
 	*out = nil
-	req, err := parseConfig(config)
+	req, opener, err := configured(config, true)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
-	opener, err := req.opener(true)
-	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
-	}
-	cfg := stream.DefaultConfig(opener)
-	cfg.Concurrency, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.chunkBytes, req.retry
+	cfg := req.streamConfig(opener) // ReadHeaders plans no memory and verifies nothing
 	files, err := stream.ReadHeaders(context.Background(), cfg, cStrings(uris, nURIs))
 	if err != nil {
 		return fail(errBuf, errLen, err)

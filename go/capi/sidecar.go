@@ -42,11 +42,9 @@ func msgo_stream_open_checksum(uris **C.char, nURIs C.int32_t, config *cConfig, 
 	}
 	req, err := parseConfig(config)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
-	cfg := stream.DefaultConfig(req.registry())
-	cfg.Concurrency, cfg.MemoryLimit, cfg.ChunkBytes, cfg.Retry = req.concurrency, req.memoryLimit, req.chunkBytes, req.retry
-	cfg.Verify = req.verify
+	cfg := req.streamConfig(req.registry())
 	s, err := stream.OpenChecksum(context.Background(), cfg, cStrings(uris, nURIs))
 	if err != nil {
 		return fail(errBuf, errLen, err)
@@ -99,7 +97,7 @@ func msgo_put(uri *C.char, data unsafe.Pointer, n C.uint64_t, config *cConfig, e
 	}
 	req, err := parseConfig(config)
 	if err != nil {
-		return fail(errBuf, errLen, fmt.Errorf("%w: %v", stream.ErrInvalidRequest, err))
+		return fail(errBuf, errLen, err)
 	}
 	// Copied: the caller's buffer is only borrowed for the call.
 	var buf []byte
