@@ -565,7 +565,10 @@ func TestFaults(t *testing.T) {
 		start := time.Now()
 		n, err := fe.obj.ReadAt(ctx, buf, 0)
 		d := time.Since(start)
-		wantErr(t, err, storage.Unavailable, "no data for 1.5s", SettingStallTimeoutMS)
+		wantErr(t, err, storage.Unavailable, "no data received for 1.5s", SettingStallTimeoutMS)
+		if !errors.As(err, new(*storage.StallError)) {
+			t.Errorf("%v: want a *storage.StallError in the chain, as the other backends give", err)
+		}
 		if d > 6*time.Second {
 			t.Errorf("stall detected after %v, want about 1.5s", d)
 		}
@@ -583,7 +586,7 @@ func TestFaults(t *testing.T) {
 		fe.proxy.Set(faultproxy.Fault{Latency: 5 * time.Second})
 		start = time.Now()
 		_, err = fe.obj.ReadAt(ctx, buf, 0)
-		wantErr(t, err, storage.Unavailable, "no data for 1.5s after 0 of")
+		wantErr(t, err, storage.Unavailable, "no data received for 1.5s", "; 0 of")
 		if d := time.Since(start); d > 6*time.Second {
 			t.Errorf("stall before headers detected after %v", d)
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
@@ -40,9 +39,6 @@ func (o *object) Checksums() []storage.Checksum { return o.sums }
 // NoChecksumReason says why Checksums is empty.
 func (o *object) NoChecksumReason() string { return o.noSum }
 
-// errStalled is the cause of a data request aborted by the stall watchdog.
-var errStalled = errors.New("stalled")
-
 // ReadAt reads len(dst) bytes at off with one ranged Get Blob, clipped to the
 // size: a read past the end returns the bytes up to the end with io.EOF, a
 // read at or after the end returns 0, io.EOF without a request. When the
@@ -56,12 +52,12 @@ func (o *object) ReadAt(ctx context.Context, dst []byte, off int64) (int, error)
 // get fills dst from off with one request, under the stall watchdog.
 func (o *object) get(ctx context.Context, dst []byte, off int64) (int, error) {
 	want := int64(len(dst))
-	rctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wd *time.Timer
+	rctx := ctx
+	var watch *storage.StallWatch
 	if o.stall > 0 {
-		wd = time.AfterFunc(o.stall, func() { cancel(errStalled) })
-		defer wd.Stop()
+		watch = storage.NewStallWatch(ctx, o.stall)
+		defer watch.Done()
+		rctx = watch.Context()
 	}
 	opts := &blob.DownloadStreamOptions{Range: blob.HTTPRange{Offset: off, Count: want}}
 	if o.etag != "" {
@@ -70,7 +66,7 @@ func (o *object) get(ctx context.Context, dst []byte, off int64) (int, error) {
 	}
 	resp, err := o.blob.DownloadStream(policy.WithRetryOptions(rctx, dataRetry), opts)
 	if err != nil {
-		return 0, o.failed(ctx, rctx, off, want, 0, false, err)
+		return 0, o.failed(ctx, watch, off, want, 0, false, err)
 	}
 	body := resp.Body
 	if body == nil {
@@ -81,26 +77,26 @@ func (o *object) get(ctx context.Context, dst []byte, off int64) (int, error) {
 		return 0, o.readError(off, int(want), storage.Internal, err)
 	}
 	var r io.Reader = body
-	if wd != nil {
-		wd.Reset(o.stall) // the headers came: count from now
-		r = &watchdogReader{r: body, t: wd, d: o.stall}
+	if watch != nil {
+		watch.Kick() // the headers came: count from now
+		r = watch.Reader(body)
 	}
 	n, err := io.ReadFull(r, dst)
 	if err != nil {
-		return n, o.failed(ctx, rctx, off, want, n, true, err)
+		return n, o.failed(ctx, watch, off, want, n, true, err)
 	}
 	return n, nil
 }
 
 // failed classifies the failure of a data request after n bytes, in the
-// response body or before it.
-func (o *object) failed(ctx, rctx context.Context, off, want int64, n int, inBody bool, err error) error {
+// response body or before it (watch: its stall watch, nil if none).
+func (o *object) failed(ctx context.Context, watch *storage.StallWatch, off, want int64, n int, inBody bool, err error) error {
 	switch {
 	case ctx.Err() != nil:
 		return o.readError(off, int(want), storage.Canceled, ctx.Err())
-	case errors.Is(context.Cause(rctx), errStalled):
+	case watch != nil && watch.Fired() != nil:
 		return o.readError(off, int(want), storage.Unavailable,
-			fmt.Errorf("no data for %v after %d of %d bytes (%s): request aborted", o.stall, n, want, SettingStallTimeoutMS))
+			fmt.Errorf("%w; %d of %d bytes had arrived", watch.Fired(), n, want))
 	case inBody:
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -137,19 +133,4 @@ func checkRange(contentRange *string, contentLength *int64, off, want int64) err
 		return fmt.Errorf("asked for bytes %d-%d, response has Content-Range %q", off, off+want-1, *contentRange)
 	}
 	return nil
-}
-
-// watchdogReader pushes the stall deadline back whenever bytes arrive.
-type watchdogReader struct {
-	r io.Reader
-	t *time.Timer
-	d time.Duration
-}
-
-func (w *watchdogReader) Read(p []byte) (int, error) {
-	n, err := w.r.Read(p)
-	if n > 0 {
-		w.t.Reset(w.d)
-	}
-	return n, err
 }
