@@ -718,7 +718,7 @@ func BenchmarkReadAt(b *testing.B) {
 			b.SetBytes(chunk)
 			var next atomic.Int64
 			var wg sync.WaitGroup
-			cpu0 := processCPU()
+			cpu0 := storagetest.ProcessCPU()
 			bufs := make([][]byte, conc)
 			b.ResetTimer()
 			for w := range conc {
@@ -738,7 +738,7 @@ func BenchmarkReadAt(b *testing.B) {
 				})
 			}
 			wg.Wait()
-			b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 		})
 	}
 }
@@ -771,7 +771,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 			b.SetBytes(chunk)
 			var next atomic.Int64
 			var wg sync.WaitGroup
-			cpu0 := processCPU()
+			cpu0 := storagetest.ProcessCPU()
 			for range conc {
 				wg.Go(func() {
 					dst := make([]byte, chunk)
@@ -800,7 +800,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 				})
 			}
 			wg.Wait()
-			b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 		})
 	}
 }
@@ -853,7 +853,7 @@ func BenchmarkReadAtCeiling(b *testing.B) {
 			b.SetBytes(chunk)
 			var next atomic.Int64
 			var wg sync.WaitGroup
-			cpu0 := processCPU()
+			cpu0 := storagetest.ProcessCPU()
 			for range conc {
 				wg.Go(func() {
 					buf := make([]byte, chunk)
@@ -871,7 +871,7 @@ func BenchmarkReadAtCeiling(b *testing.B) {
 				})
 			}
 			wg.Wait()
-			b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 		})
 	}
 }

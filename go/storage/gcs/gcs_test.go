@@ -641,7 +641,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 			var next atomic.Int64
 			var wg sync.WaitGroup
 			var failed atomic.Value
-			cpu0 := processCPU()
+			cpu0 := storagetest.ProcessCPU()
 			for range conc {
 				wg.Go(func() {
 					dst := make([]byte, chunk)
@@ -666,7 +666,7 @@ func BenchmarkRawHTTP(b *testing.B) {
 				})
 			}
 			wg.Wait()
-			b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 			if err := failed.Load(); err != nil {
 				b.Fatal(err)
 			}
@@ -695,7 +695,7 @@ func benchmarkRanges(b *testing.B, chunks []int64, concs []int) {
 				var wg sync.WaitGroup
 				errs := make(chan error, conc)
 				b.ResetTimer()
-				cpu0 := processCPU()
+				cpu0 := storagetest.ProcessCPU()
 				for range conc {
 					wg.Go(func() {
 						dst := make([]byte, chunk)
@@ -714,7 +714,7 @@ func benchmarkRanges(b *testing.B, chunks []int64, concs []int) {
 				}
 				wg.Wait()
 				b.StopTimer()
-				b.ReportMetric(float64(processCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+				b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
 				close(errs)
 				for err := range errs {
 					b.Fatal(err)

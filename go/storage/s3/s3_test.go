@@ -1006,7 +1006,7 @@ func benchReads(b *testing.B, o storage.Object, size, chunk, conc int) {
 	nchunks := int64(size / chunk)
 	b.SetBytes(int64(chunk))
 	b.ResetTimer()
-	cpu0, srv0 := processCPU(), childCPU("minio")
+	cpu0, srv0 := storagetest.ProcessCPU(), storagetest.ChildCPU("minio")
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
@@ -1031,6 +1031,6 @@ func benchReads(b *testing.B, o storage.Object, size, chunk, conc int) {
 		b.Fatal(msg)
 	}
 	moved := float64(int64(b.N) * int64(chunk))
-	b.ReportMetric(float64(processCPU()-cpu0)/moved, "cpu-ns/B")
-	b.ReportMetric(float64(childCPU("minio")-srv0)/moved, "server-cpu-ns/B")
+	b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/moved, "cpu-ns/B")
+	b.ReportMetric(float64(storagetest.ChildCPU("minio")-srv0)/moved, "server-cpu-ns/B")
 }

@@ -1,6 +1,6 @@
 //go:build unix
 
-package s3
+package storagetest
 
 import (
 	"os"
@@ -10,10 +10,11 @@ import (
 	"time"
 )
 
-// processCPU is the CPU time (user + system) this process has used: the
-// benchmarks report it per byte, which a loaded machine disturbs far less
-// than wall time (MinIO runs in its own process and is not counted).
-func processCPU() time.Duration {
+// ProcessCPU is the CPU time (user + system) this process has used: the
+// backends' benchmarks report it per byte, which a loaded machine disturbs
+// far less than wall time (the server runs in its own process and is not
+// counted).
+func ProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
 		return 0
@@ -21,11 +22,11 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// childCPU is the CPU time (user + system) of this process's children whose
-// command name is comm (the MinIO server the test started), read from
-// /proc; 0 where there is no /proc. A request the server finds costly
-// shows here even when the client's CPU per byte does not change.
-func childCPU(comm string) time.Duration {
+// ChildCPU is the CPU time (user + system) of this process's children whose
+// command name is comm (a server the test started), read from /proc; 0
+// where there is no /proc. A request the server finds costly shows here
+// even when the client's CPU per byte does not change.
+func ChildCPU(comm string) time.Duration {
 	dirs, _ := os.ReadDir("/proc")
 	var total time.Duration
 	for _, d := range dirs {

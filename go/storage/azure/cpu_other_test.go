@@ -1,8 +1,0 @@
-//go:build !unix
-
-package azure
-
-import "time"
-
-// processCPU is not measured here: the benchmarks report 0 CPU per byte.
-func processCPU() time.Duration { return 0 }
