@@ -26,11 +26,13 @@ func randomID() uint64 {
 }
 
 // writer is a store's object that writes every byte range read from it to
-// its entry's temporary file: in the reader goroutine that read it, from
-// the memory it was read into (the engine's arena), before the read
-// returns, never a second fetch. Whole pages go to the disk with O_DIRECT
-// from that memory (see directFile), so the write costs the load no copy
-// and little CPU; the partial pages at a range's ends go through the page
+// its entry's temporary file, from the memory it was read into (the
+// engine's arena), never a second fetch: for the engine, by one writer
+// goroutine per entry while the readers go on, the engine handing a
+// range's tensors out only once it is written (enqueue); for other callers
+// before the read returns. Whole pages go to the disk with O_DIRECT from
+// that memory (see directFile), so the write costs the load no copy and
+// little CPU; the partial pages at a range's ends go through the page
 // cache.
 //
 // Close completes the entry when the reads (and contributed bytes) covered
@@ -53,11 +55,14 @@ type writer struct {
 	pieces  *integrity.Pieces
 	md5Want []byte // the store's MD5, checked in the commit's read-back
 
-	mu      sync.Mutex
-	covered []span // sorted, disjoint, merged
-	total   int64  // bytes covered
-	failed  bool
-	closed  bool
+	startWriter sync.Once
+	queue       chan queued   // ranges for the writer goroutine (enqueue)
+	writerDone  chan struct{} // closed when the writer goroutine ends
+	mu          sync.Mutex
+	covered     []span // sorted, disjoint, merged
+	total       int64  // bytes covered
+	failed      bool
+	closed      bool
 }
 
 type span struct{ lo, hi int64 }
@@ -99,13 +104,64 @@ func (w *writer) NoChecksumReason() string {
 // Version forwards the store's.
 func (w *writer) Version() string { return w.e.ver }
 
-// ReadAt reads from the store and writes what it got through.
+// ReadAt reads from the store and writes what it got through. Where the
+// caller lets the writer hold on to dst (storage.WithRetain: the engine
+// does, and hands the range's tensors out once it is written), the range is
+// queued for the entry's writer goroutine and the reader goes on to its
+// next range; otherwise it is written before ReadAt returns.
 func (w *writer) ReadAt(ctx context.Context, dst []byte, off int64) (int, error) {
 	n, err := w.Object.ReadAt(ctx, dst, off)
 	if n > 0 {
-		w.write(dst[:n], off)
+		if hold := storage.Retain(ctx); hold != nil {
+			w.enqueue(dst[:n], off, hold())
+		} else {
+			w.write(dst[:n], off)
+		}
 	}
 	return n, err
+}
+
+// queued is a range read into memory the reader's caller holds for it
+// until done is called.
+type queued struct {
+	p    []byte
+	off  int64
+	done func()
+}
+
+// writeQueue is how many read ranges may wait for the writer goroutine
+// before a reader waits too; the engine's ring holds fewer 16 MiB ranges.
+const writeQueue = 64
+
+// enqueue hands the range at off to the entry's writer goroutine, which
+// writes ranges one after the other in the order they arrive. Readers that
+// each wrote their own range (32 direct writes of 16 MiB at once, each
+// blocking its reader) made first loads 6-8% slower than one writer does
+// (docs/benchmarks.md, "where the first load's time goes").
+func (w *writer) enqueue(p []byte, off int64, done func()) {
+	w.startWriter.Do(func() {
+		w.queue = make(chan queued, writeQueue)
+		w.writerDone = make(chan struct{})
+		go func() {
+			defer close(w.writerDone)
+			for q := range w.queue {
+				w.write(q.p, q.off)
+				q.done()
+			}
+		}()
+	})
+	w.queue <- queued{p, off, done}
+}
+
+// stopWriter waits for the ranges queued to be written. The caller has
+// read everything it will through this writer (the engine waits for its
+// holds before closing its objects).
+func (w *writer) stopWriter() {
+	w.startWriter.Do(func() {}) // no writer started from now on
+	if w.queue != nil {
+		close(w.queue)
+		<-w.writerDone
+	}
 }
 
 // write writes the bytes at off that no earlier read wrote (a header read
@@ -232,6 +288,7 @@ func (w *writer) fail(err error) {
 // not wait for the store or the disk. Wait waits for it.
 func (w *writer) Close() error {
 	active.CompareAndDelete(w.e.uri, w)
+	w.stopWriter()
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()

@@ -124,6 +124,7 @@ type Stream struct {
 	arena  *arena
 	jobs   chan chunk
 	wg     sync.WaitGroup
+	holds  sync.WaitGroup // holds on regions not yet let go (hold)
 	queue  readyQueue
 	total  int // tensors to deliver
 
@@ -541,7 +542,8 @@ func (s *Stream) readChunk(c chunk) (err error) {
 	dst := c.r.mem[c.off-c.r.spanStart : c.off-c.r.spanStart+c.n]
 	need := min(c.off+c.n, c.r.dataEnd) - c.off
 	s.st.reads.Add(1)
-	got, err := storage.ReadRange(s.ctx, f.obj, dst, c.off, need, s.cfg.Retry, s.onRetry)
+	ctx := storage.WithRetain(s.ctx, func() func() { return s.hold(c.r) })
+	got, err := storage.ReadRange(ctx, f.obj, dst, c.off, need, s.cfg.Retry, s.onRetry)
 	s.st.bytesRead.Add(uint64(got))
 	if err != nil {
 		return wrapRead(f.uri, c.off, c.n, err)
@@ -556,6 +558,26 @@ func (s *Stream) readChunk(c chunk) (err error) {
 		}
 	}
 	return nil
+}
+
+// hold keeps r from completing, so that its tensors are not handed out nor
+// its memory reused, until the returned function is called (once; later
+// calls do nothing): the local cache writing a read's bytes to disk after
+// the read returned (storage.WithRetain). The reader meanwhile goes on to
+// its next range instead of waiting for the disk.
+func (s *Stream) hold(r *region) func() {
+	r.pending.Add(1)
+	s.holds.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			defer s.holds.Done()
+			defer recoverFail(s)
+			if r.pending.Add(-1) == 0 && s.ctx.Err() == nil {
+				s.complete(r)
+			}
+		})
+	}
 }
 
 func (s *Stream) onRetry(error) {
@@ -729,6 +751,9 @@ func (s *Stream) Close() error {
 		s.cancel()
 		s.arena.close()
 		s.wg.Wait()
+		// Bytes still being written to the cache from the stream's memory:
+		// a direct write cannot be interrupted, and its memory must stay.
+		s.holds.Wait()
 		s.queue.poke()
 		// Tensors queued but never taken go back now.
 		for _, r := range s.queue.drain() {
