@@ -39,8 +39,10 @@ type Aligned interface {
 // Mappable is implemented by objects that can expose their bytes without a
 // copy (a private mapping of a local file resident in the page cache).
 // Map returns the whole object; writes to the slice stay private to this
-// process. Populate makes [off, off+n) resident and mapped so later access
-// does not fault; it is the "read" of a mapped object.
+// process. Populate makes [off, off+n) resident (and mapped, unless the
+// object knows it was all resident already: then later access takes minor
+// faults only) and fails for bytes the object no longer has; it is the
+// "read" of a mapped object.
 type Mappable interface {
 	Map() ([]byte, error)
 	Populate(ctx context.Context, off, n int64) error

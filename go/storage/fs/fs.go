@@ -192,7 +192,7 @@ func (b *backend) open(ctx context.Context, uri, path string, f *os.File) (stora
 	case Direct:
 		return openDirect(base)
 	case Mmap:
-		return openMmap(base)
+		return openMmap(base, false)
 	}
 	// Auto and AutoRead.
 	if base.size == 0 || isNetworkFS(base) {
@@ -205,7 +205,7 @@ func (b *backend) open(ctx context.Context, uri, path string, f *os.File) (stora
 	case err == nil && frac >= ResidentThreshold && b.mode == AutoRead:
 		return &bufferedObject{base}, nil
 	case err == nil && frac >= ResidentThreshold:
-		if obj, err := openMmap(base); err == nil {
+		if obj, err := openMmap(base, frac == 1); err == nil {
 			return obj, nil
 		}
 	}

@@ -16,7 +16,7 @@ var errUnsupported = errors.New("not supported on this platform")
 
 func openDirect(base *file) (storage.Object, error) { return &bufferedObject{base}, nil }
 
-func openMmap(base *file) (storage.Object, error) { return &bufferedObject{base}, nil }
+func openMmap(base *file, _ bool) (storage.Object, error) { return &bufferedObject{base}, nil }
 
 func isNetworkFS(*file) bool { return false }
 
