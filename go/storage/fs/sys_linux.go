@@ -338,14 +338,20 @@ const (
 	windowPages   = 64
 )
 
-// residency measures the fraction of base's pages in the page cache with
-// mincore(2) over a temporary shared read-only mapping.
+// residency measures the fraction of base's pages in the page cache, in
+// the windows described above: with cachestat(2) where the kernel has it
+// (0.2 ms for a 640 MB file here), else with mincore(2) over a temporary
+// shared read-only mapping (0.6 ms: the mapping, and a page-cache lookup
+// per page of the window).
 func residency(base *file) (float64, error) {
 	if base.size == 0 {
 		return 1, nil
 	}
 	if !mincoreTrusted(base) {
 		return 0, ErrResidencyUnknown
+	}
+	if frac, err := cachestatResident(base); err == nil {
+		return frac, nil
 	}
 	if base.size > math.MaxInt {
 		return 0, fmt.Errorf("file of %d bytes is too large to map", base.size)
@@ -381,6 +387,38 @@ func sampleResident(mem []byte) (float64, error) {
 			return 0, err
 		}
 		resident += countResident(vec)
+	}
+	return float64(resident) / float64(sampleWindows*windowPages), nil
+}
+
+// cachestatResident is sampleResident with cachestat(2) on the file itself:
+// no mapping, and the kernel counts a window's cached pages in one call.
+func cachestatResident(base *file) (float64, error) {
+	ps := int64(os.Getpagesize())
+	npages := (base.size + ps - 1) / ps
+	cached := func(first, n int64) (int64, error) {
+		var st unix.Cachestat_t
+		var err error
+		_ = control(base.rc, func(fd int) {
+			err = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(first * ps), Len: uint64(n * ps)}, &st, 0)
+		})
+		return int64(st.Cache), err
+	}
+	if npages <= sampleWindows*windowPages {
+		c, err := cached(0, npages)
+		if err != nil {
+			return 0, err
+		}
+		return float64(min(c, npages)) / float64(npages), nil
+	}
+	var resident int64
+	for i := range int64(sampleWindows) {
+		first := i * (npages - windowPages) / (sampleWindows - 1)
+		c, err := cached(first, windowPages)
+		if err != nil {
+			return 0, err
+		}
+		resident += min(c, windowPages)
 	}
 	return float64(resident) / float64(sampleWindows*windowPages), nil
 }
