@@ -128,9 +128,15 @@ func main() {
 		}
 		cacheNote += fmt.Sprintf(", %d entries committed, %d failed", cs.Committed.Load(), cs.Failed.Load())
 	}
+	// How each file was read: the fs backend names its strategy; another
+	// backend's files are counted under their scheme ("s3", "https").
 	strategies := map[string]int{}
 	for _, f := range s.Files() {
-		strategies[f.Strategy]++
+		name := f.Strategy
+		if name == "" {
+			name, _, _ = strings.Cut(f.URI, "://")
+		}
+		strategies[name]++
 	}
 	if *jsonOut {
 		json.NewEncoder(os.Stdout).Encode(map[string]any{"ok": true, "tensors": n, "bytes": bytes,
