@@ -114,9 +114,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 
 	"github.com/model-streamer/model-streamer/go/storage"
 	"github.com/model-streamer/model-streamer/go/storage/tracelog"
@@ -160,9 +158,9 @@ var (
 
 // Backend serves az:// URIs from one storage account.
 type Backend struct {
-	client *azblob.Client
-	stall  time.Duration
-	desc   string // endpoint and authentication, for messages
+	acct  *account
+	stall time.Duration
+	desc  string // endpoint and authentication, for messages
 }
 
 var (
@@ -193,16 +191,16 @@ func newBackend(s storage.Settings) (*Backend, error) {
 	}
 	retry := metadataRetry
 	retry.TryTimeout = stall
-	opts := &azblob.ClientOptions{ClientOptions: policy.ClientOptions{
+	opts := policy.ClientOptions{
 		Transport: &http.Client{Transport: trace.Transport("azure", newTransport())},
 		Retry:     retry,
 		Telemetry: policy.TelemetryOptions{ApplicationID: "model-streamer"},
-	}}
-	client, desc, err := newClient(s, opts)
+	}
+	acct, desc, err := connect(s, opts)
 	if err != nil {
 		return nil, configError(err)
 	}
-	return &Backend{client: client, stall: stall, desc: desc}, nil
+	return &Backend{acct: acct, stall: stall, desc: desc}, nil
 }
 
 func configError(err error) error {
@@ -274,7 +272,10 @@ func (b *Backend) Open(ctx context.Context, uri string) (storage.Object, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.Canceled, Err: err}
 	}
-	bc := b.client.ServiceClient().NewContainerClient(c).NewBlobClient(name)
+	bc, err := b.acct.blobClient(c, name)
+	if err != nil {
+		return nil, &storage.Error{Op: "open", URI: uri, Code: storage.InvalidArgument, Err: err}
+	}
 	props, err := bc.GetProperties(ctx, nil)
 	if err != nil {
 		return nil, classify("open", uri, 0, 0, ctx, err)
@@ -306,51 +307,29 @@ func (b *Backend) List(ctx context.Context, uri string, recursive bool) ([]stora
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	cc := b.client.ServiceClient().NewContainerClient(c)
 	var out []storage.ObjectInfo
-	add := func(items []*container.BlobItem) {
+	err = b.acct.listBlobs(ctx, c, prefix, recursive, func(items []listedBlob) error {
 		for _, it := range items {
-			if it == nil || it.Name == nil || strings.HasSuffix(*it.Name, "/") {
+			name, err := it.name()
+			if err != nil {
+				return fmt.Errorf("blob name %q: %w", it.Name.Text, err)
+			}
+			if name == "" || strings.HasSuffix(name, "/") {
 				continue // a "directory marker" blob some tools create
 			}
+			if it.Properties.ResourceType == "directory" {
+				continue // a directory of a hierarchical-namespace account
+			}
 			var size int64
-			if p := it.Properties; p != nil {
-				if p.ResourceType != nil && *p.ResourceType == "directory" {
-					continue // a directory of a hierarchical-namespace account
-				}
-				if p.ContentLength != nil {
-					size = *p.ContentLength
-				}
+			if it.Properties.ContentLength != nil {
+				size = *it.Properties.ContentLength
 			}
-			out = append(out, storage.ObjectInfo{URI: Scheme + "://" + c + "/" + *it.Name, Size: size})
+			out = append(out, storage.ObjectInfo{URI: Scheme + "://" + c + "/" + name, Size: size})
 		}
-	}
-	var pfx *string
-	if prefix != "" {
-		pfx = &prefix
-	}
-	if recursive {
-		p := cc.NewListBlobsFlatPager(&container.ListBlobsFlatOptions{Prefix: pfx})
-		for p.More() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return nil, classify("list", uri, 0, 0, ctx, err)
-			}
-			if page.Segment != nil {
-				add(page.Segment.BlobItems)
-			}
-		}
-	} else {
-		p := cc.NewListBlobsHierarchyPager("/", &container.ListBlobsHierarchyOptions{Prefix: pfx})
-		for p.More() {
-			page, err := p.NextPage(ctx)
-			if err != nil {
-				return nil, classify("list", uri, 0, 0, ctx, err)
-			}
-			if page.Segment != nil {
-				add(page.Segment.BlobItems)
-			}
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, classify("list", uri, 0, 0, ctx, err)
 	}
 	sortInfos(out)
 	return out, nil

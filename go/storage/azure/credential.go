@@ -11,7 +11,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
-	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/blob"
 
 	"github.com/model-streamer/model-streamer/go/storage"
 )
@@ -38,14 +38,28 @@ const (
 	credentialKindDefaultChain = "DefaultAzureCredential"
 )
 
-// newClient builds the SDK client for the settings and describes it.
-func newClient(s storage.Settings, opts *azblob.ClientOptions) (*azblob.Client, string, error) {
-	if cs := strings.TrimSpace(s.Get(SettingConnectionString, "")); cs != "" {
-		c, err := azblob.NewClientFromConnectionString(cs, opts)
+// connect builds the account for the settings and describes it.
+func connect(s storage.Settings, opts policy.ClientOptions) (*account, string, error) {
+	if raw := strings.TrimSpace(s.Get(SettingConnectionString, "")); raw != "" {
+		cs, err := parseConnectionString(raw)
 		if err != nil {
 			return nil, "", fmt.Errorf("%s: %w", SettingConnectionString, err)
 		}
-		return c, describe(c.URL(), credentialKindConnString), nil
+		var key *blob.SharedKeyCredential
+		if cs.accountKey != "" && cs.accountName != "" {
+			if key, err = blob.NewSharedKeyCredential(cs.accountName, cs.accountKey); err != nil {
+				return nil, "", fmt.Errorf("%s: %w", SettingConnectionString, err)
+			}
+		}
+		ep := cs.endpoint
+		if key == nil {
+			ep += "?" + cs.sas
+		}
+		a, err := newAccount(ep, key, nil, opts)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s: %w", SettingConnectionString, err)
+		}
+		return a, describe(a.endpoint, credentialKindConnString), nil
 	}
 	ep, err := endpointURL(s)
 	if err != nil {
@@ -59,15 +73,15 @@ func newClient(s storage.Settings, opts *azblob.ClientOptions) (*azblob.Client, 
 		if acct == "" {
 			return nil, "", fmt.Errorf("%s needs the account name: set %s", SettingAccountKey, SettingAccountName)
 		}
-		cred, err := azblob.NewSharedKeyCredential(acct, key)
+		cred, err := blob.NewSharedKeyCredential(acct, key)
 		if err != nil {
 			return nil, "", fmt.Errorf("%s: %w", SettingAccountKey, err)
 		}
-		c, err := azblob.NewClientWithSharedKeyCredential(ep, cred, opts)
+		a, err := newAccount(ep, cred, nil, opts)
 		if err != nil {
 			return nil, "", err
 		}
-		return c, describe(ep, credentialKindSharedKey+" of account "+acct), nil
+		return a, describe(ep, credentialKindSharedKey+" of account "+acct), nil
 	}
 	if sas := strings.TrimPrefix(strings.TrimSpace(s.Get(SettingSASToken, "")), "?"); sas != "" {
 		u, err := url.Parse(ep)
@@ -78,25 +92,25 @@ func newClient(s storage.Settings, opts *azblob.ClientOptions) (*azblob.Client, 
 			u.RawQuery += "&"
 		}
 		u.RawQuery += sas
-		c, err := azblob.NewClientWithNoCredential(u.String(), opts)
+		a, err := newAccount(u.String(), nil, nil, opts)
 		if err != nil {
 			return nil, "", err
 		}
-		return c, describe(ep, credentialKindSAS), nil
+		return a, describe(ep, credentialKindSAS), nil
 	}
 	if u, _ := url.Parse(ep); u != nil && u.Scheme != "https" {
 		return nil, "", fmt.Errorf("endpoint %s: Entra ID tokens are only sent over https; for an http endpoint set %s, %s or %s",
 			ep, SettingConnectionString, SettingAccountKey, SettingSASToken)
 	}
-	cred, kind, err := tokenCredential(s, opts.ClientOptions)
+	cred, kind, err := tokenCredential(s, opts)
 	if err != nil {
 		return nil, "", err
 	}
-	c, err := azblob.NewClient(ep, &tokenErrorCredential{cred}, opts)
+	a, err := newAccount(ep, nil, &tokenErrorCredential{cred}, opts)
 	if err != nil {
 		return nil, "", err
 	}
-	return c, describe(ep, kind), nil
+	return a, describe(ep, kind), nil
 }
 
 func describe(endpoint, kind string) string {

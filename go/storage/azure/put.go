@@ -18,7 +18,10 @@ func (b *Backend) Put(ctx context.Context, uri string, data []byte) error {
 	if err != nil {
 		return &storage.Error{Op: "put", URI: uri, Code: storage.InvalidArgument, Err: err}
 	}
-	bc := b.client.ServiceClient().NewContainerClient(c).NewBlockBlobClient(name)
+	bc, err := b.acct.blockBlobClient(c, name)
+	if err != nil {
+		return &storage.Error{Op: "put", URI: uri, Code: storage.InvalidArgument, Err: err}
+	}
 	if _, err := bc.UploadBuffer(ctx, data, nil); err != nil {
 		return classify("put", uri, 0, int64(len(data)), ctx, err)
 	}
