@@ -209,17 +209,13 @@ func (o *mmapObject) inPageCache(s, e int64) bool {
 	if o.noCachestat.Load() {
 		return false
 	}
-	var st unix.Cachestat_t
-	var err error
-	_ = control(o.rc, func(fd int) {
-		err = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(s), Len: uint64(e - s)}, &st, 0)
-	})
+	cached, err := cachedPages(o.file, s, e-s)
 	if err != nil {
 		o.noCachestat.Store(true)
 		return false
 	}
 	ps := int64(os.Getpagesize())
-	return int64(st.Cache) >= (e-1)/ps-s/ps+1
+	return cached >= (e-1)/ps-s/ps+1
 }
 
 func (o *mmapObject) populate(s, e int64) error {
@@ -368,59 +364,57 @@ func residency(base *file) (float64, error) {
 	return sampleResident(mem)
 }
 
+// sampleResident is the sample over a mapping, with mincore(2).
 func sampleResident(mem []byte) (float64, error) {
-	ps := os.Getpagesize()
-	npages := (len(mem) + ps - 1) / ps
-	if npages <= sampleWindows*windowPages {
-		vec := make([]byte, npages)
-		if err := mincore(mem, vec); err != nil {
+	ps := int64(os.Getpagesize())
+	vec := make([]byte, min(int64(len(mem)+int(ps)-1)/ps, sampleWindows*windowPages))
+	return sample((int64(len(mem))+ps-1)/ps, func(first, n int64) (int64, error) {
+		w := mem[first*ps : min((first+n)*ps, int64(len(mem)))]
+		if err := mincore(w, vec[:n]); err != nil {
 			return 0, err
 		}
-		return float64(countResident(vec)) / float64(npages), nil
-	}
-	vec := make([]byte, windowPages)
-	resident := 0
-	for i := range sampleWindows {
-		first := i * (npages - windowPages) / (sampleWindows - 1)
-		w := mem[first*ps : min((first+windowPages)*ps, len(mem))]
-		if err := mincore(w, vec); err != nil {
-			return 0, err
-		}
-		resident += countResident(vec)
-	}
-	return float64(resident) / float64(sampleWindows*windowPages), nil
+		return int64(countResident(vec[:n])), nil
+	})
 }
 
-// cachestatResident is sampleResident with cachestat(2) on the file itself:
-// no mapping, and the kernel counts a window's cached pages in one call.
+// cachestatResident is the sample with cachestat(2) on the file itself: no
+// mapping, and the kernel counts a window's cached pages in one call.
 func cachestatResident(base *file) (float64, error) {
 	ps := int64(os.Getpagesize())
-	npages := (base.size + ps - 1) / ps
-	cached := func(first, n int64) (int64, error) {
-		var st unix.Cachestat_t
-		var err error
-		_ = control(base.rc, func(fd int) {
-			err = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(first * ps), Len: uint64(n * ps)}, &st, 0)
-		})
-		return int64(st.Cache), err
-	}
+	return sample((base.size+ps-1)/ps, func(first, n int64) (int64, error) {
+		return cachedPages(base, first*ps, n*ps)
+	})
+}
+
+// sample returns the fraction of a file's npages pages that count (the
+// cached pages of n pages from page first) finds: every page of a file of
+// up to sampleWindows*windowPages pages, else sampleWindows evenly spaced
+// windows.
+func sample(npages int64, count func(first, n int64) (int64, error)) (float64, error) {
 	if npages <= sampleWindows*windowPages {
-		c, err := cached(0, npages)
-		if err != nil {
-			return 0, err
-		}
-		return float64(min(c, npages)) / float64(npages), nil
+		c, err := count(0, npages)
+		return float64(min(c, npages)) / float64(npages), err
 	}
 	var resident int64
 	for i := range int64(sampleWindows) {
-		first := i * (npages - windowPages) / (sampleWindows - 1)
-		c, err := cached(first, windowPages)
+		c, err := count(i*(npages-windowPages)/(sampleWindows-1), windowPages)
 		if err != nil {
 			return 0, err
 		}
 		resident += min(c, windowPages)
 	}
 	return float64(resident) / float64(sampleWindows*windowPages), nil
+}
+
+// cachedPages counts the pages of [off, off+n) that are in the page cache
+// (cachestat(2), Linux 6.5 and later).
+func cachedPages(f *file, off, n int64) (int64, error) {
+	var st unix.Cachestat_t
+	var err error
+	_ = control(f.rc, func(fd int) {
+		err = unix.Cachestat(uint(fd), &unix.CachestatRange{Off: uint64(off), Len: uint64(n)}, &st, 0)
+	})
+	return int64(st.Cache), err
 }
 
 func countResident(vec []byte) int {
