@@ -149,7 +149,9 @@ func (a *account) listBlobs(ctx context.Context, c, prefix string, recursive boo
 			return err
 		}
 		if resp.StatusCode != http.StatusOK {
-			return runtime.NewResponseError(resp)
+			err := runtime.NewResponseError(resp) // reads the body
+			resp.Body.Close()
+			return err
 		}
 		var page listPage
 		err = xml.NewDecoder(resp.Body).Decode(&page)
