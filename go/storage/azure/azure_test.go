@@ -715,30 +715,12 @@ func BenchmarkReadAt(b *testing.B) {
 	checkBytes(b, "last chunk", buf, data[size-chunk:])
 	for _, conc := range []int{1, 4, 16, 32} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
-			b.SetBytes(chunk)
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			cpu0 := storagetest.ProcessCPU()
-			bufs := make([][]byte, conc)
-			b.ResetTimer()
-			for w := range conc {
-				bufs[w] = make([]byte, chunk)
-				wg.Go(func() {
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						off := (i * chunk) % size
-						if n, err := obj.ReadAt(context.Background(), bufs[w], off); err != nil || n != chunk {
-							b.Errorf("ReadAt(%d): %d, %v", off, n, err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			storagetest.ReadRanges(b, size, chunk, conc, func(dst []byte, off int64) error {
+				if n, err := obj.ReadAt(context.Background(), dst, off); err != nil || n != len(dst) {
+					return fmt.Errorf("ReadAt = %d, %v", n, err)
+				}
+				return nil
+			})
 		})
 	}
 }
@@ -768,39 +750,9 @@ func BenchmarkRawHTTP(b *testing.B) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}
 	for _, conc := range []int{1, 4, 16, 32} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
-			b.SetBytes(chunk)
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			cpu0 := storagetest.ProcessCPU()
-			for range conc {
-				wg.Go(func() {
-					dst := make([]byte, chunk)
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						off := (i * chunk) % size
-						req, _ := http.NewRequest(http.MethodGet, u, nil)
-						req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+chunk-1))
-						resp, err := hc.Do(req)
-						if err == nil {
-							if resp.StatusCode != http.StatusPartialContent {
-								err = fmt.Errorf("HTTP %d", resp.StatusCode)
-							} else {
-								_, err = io.ReadFull(resp.Body, dst)
-							}
-							resp.Body.Close()
-						}
-						if err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			storagetest.ReadRanges(b, size, chunk, conc, func(dst []byte, off int64) error {
+				return storagetest.GetRange(hc, u, dst, off)
+			})
 		})
 	}
 }

@@ -637,39 +637,9 @@ func BenchmarkRawHTTP(b *testing.B) {
 	u := "http://" + e.srv.Host + "/" + bucket + "/bench/object.bin"
 	for _, conc := range []int{1, 16, 32} {
 		b.Run(fmt.Sprintf("chunk=8MiB/conc=%d", conc), func(b *testing.B) {
-			b.SetBytes(chunk)
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			var failed atomic.Value
-			cpu0 := storagetest.ProcessCPU()
-			for range conc {
-				wg.Go(func() {
-					dst := make([]byte, chunk)
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						off := (i * chunk) % (size - chunk + 1)
-						req, _ := http.NewRequest(http.MethodGet, u, nil)
-						req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+chunk-1))
-						resp, err := hc.Do(req)
-						if err == nil {
-							_, err = io.ReadFull(resp.Body, dst)
-							resp.Body.Close()
-						}
-						if err != nil {
-							failed.Store(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
-			if err := failed.Load(); err != nil {
-				b.Fatal(err)
-			}
+			storagetest.ReadRanges(b, size, chunk, conc, func(dst []byte, off int64) error {
+				return storagetest.GetRange(hc, u, dst, off)
+			})
 		})
 	}
 }
@@ -690,35 +660,12 @@ func benchmarkRanges(b *testing.B, chunks []int64, concs []int) {
 	for _, chunk := range chunks {
 		for _, conc := range concs {
 			b.Run(fmt.Sprintf("chunk=%dMiB/conc=%d", chunk/mib, conc), func(b *testing.B) {
-				b.SetBytes(chunk)
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				errs := make(chan error, conc)
-				b.ResetTimer()
-				cpu0 := storagetest.ProcessCPU()
-				for range conc {
-					wg.Go(func() {
-						dst := make([]byte, chunk)
-						for {
-							i := next.Add(1) - 1
-							if i >= int64(b.N) {
-								return
-							}
-							off := (i * chunk) % (size - chunk + 1)
-							if n, err := obj.ReadAt(context.Background(), dst, off); err != nil || n != len(dst) {
-								errs <- fmt.Errorf("ReadAt(off %d) = %d, %v", off, n, err)
-								return
-							}
-						}
-					})
-				}
-				wg.Wait()
-				b.StopTimer()
-				b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
-				close(errs)
-				for err := range errs {
-					b.Fatal(err)
-				}
+				storagetest.ReadRanges(b, size, chunk, conc, func(dst []byte, off int64) error {
+					if n, err := obj.ReadAt(context.Background(), dst, off); err != nil || n != len(dst) {
+						return fmt.Errorf("ReadAt = %d, %v", n, err)
+					}
+					return nil
+				})
 			})
 		}
 	}
