@@ -13,6 +13,7 @@
 #if defined(__linux__) && defined(__GLIBC__)
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h> // PTHREAD_STACK_MIN (glibc before 2.34 defines it only here)
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/resource.h>
