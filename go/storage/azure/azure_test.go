@@ -802,28 +802,12 @@ func BenchmarkReadAtCeiling(b *testing.B) {
 	checkBytes(b, "ceiling read", buf, data[12345:12345+chunk])
 	for _, conc := range []int{1, 4, 16, 32} {
 		b.Run(fmt.Sprintf("conc=%d", conc), func(b *testing.B) {
-			b.SetBytes(chunk)
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			cpu0 := storagetest.ProcessCPU()
-			for range conc {
-				wg.Go(func() {
-					buf := make([]byte, chunk)
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						off := (i * chunk) % size
-						if n, err := obj.ReadAt(context.Background(), buf, off); err != nil || n != chunk {
-							b.Errorf("ReadAt(%d): %d, %v", off, n, err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(storagetest.ProcessCPU()-cpu0)/float64(int64(b.N)*chunk), "cpu-ns/B")
+			storagetest.ReadRanges(b, size, chunk, conc, func(dst []byte, off int64) error {
+				if n, err := obj.ReadAt(context.Background(), dst, off); err != nil || n != len(dst) {
+					return fmt.Errorf("ReadAt = %d, %v", n, err)
+				}
+				return nil
+			})
 		})
 	}
 }
