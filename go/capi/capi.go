@@ -239,9 +239,16 @@ type verifyJSON struct {
 func metadataJSON(s *stream.Stream) []byte { return filesJSON(s.Files()) }
 
 func filesJSON(files []stream.FileInfo) []byte {
-	var doc struct {
-		Files []fileJSON `json:"files"`
+	tensors := 0
+	for _, f := range files {
+		tensors += len(f.Tensors)
 	}
+	return appendFiles(make([]byte, 0, 256*len(files)+128*tensors), fileDocs(files))
+}
+
+// fileDocs is what ms_stream_metadata says of each file (as JSON: appendFiles).
+func fileDocs(files []stream.FileInfo) []fileJSON {
+	var docs []fileJSON
 	for _, f := range files {
 		fj := fileJSON{URI: f.URI, Size: f.Size, Strategy: f.Strategy, Tensors: make([]tensorJSON, len(f.Tensors))}
 		if f.Header != nil { // nil for byte ranges (ms_stream_open_ranges): offsets are absolute
@@ -259,13 +266,9 @@ func filesJSON(files []stream.FileInfo) []byte {
 			}
 			fj.Tensors[i] = tensorJSON{Name: t.Name, DType: string(t.DType), Shape: shape, Offsets: [2]int64{t.Begin, t.End}}
 		}
-		doc.Files = append(doc.Files, fj)
+		docs = append(docs, fj)
 	}
-	b, err := json.Marshal(doc)
-	if err != nil {
-		panic(err)
-	}
-	return b
+	return docs
 }
 
 //export msgo_stream_metadata

@@ -654,11 +654,12 @@ class Stream:
     def metadata(self) -> Dict[str, Any]:
         self._check()
         ffi, lib = self._ffi, self._lib
-        size = 1 << 16
+        # The first call only asks for the size: a guessed buffer (it was
+        # 64 KiB, which ffi.new zero-fills) costs more than the call.
+        buf, size = ffi.NULL, 0
         needed = ffi.new("size_t *")
         err = ffi.new("char[]", ERR_BUF_LEN)
         for _ in range(4):
-            buf = ffi.new("char[]", size)
             rc = lib.ms_stream_metadata(self.handle, buf, size, needed, err, ERR_BUF_LEN)
             if rc == MS_OK:
                 meta = json.loads(ffi.string(buf).decode("utf-8"))
@@ -666,6 +667,7 @@ class Stream:
                 return meta
             if needed[0] > size:
                 size = int(needed[0])
+                buf = ffi.new("char[]", size)
                 continue
             raise error_for(rc, _message(ffi, err))
         raise RunaiStreamerError("model-streamer: the stream metadata kept growing")
