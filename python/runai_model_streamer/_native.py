@@ -24,9 +24,7 @@ import json
 import logging
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-import cffi
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from runai_model_streamer.exceptions import (
     RunaiStreamerChecksumError,
@@ -38,6 +36,9 @@ from runai_model_streamer.exceptions import (
     RunaiStreamerMemoryLimitException,
     RunaiStreamerPermissionError,
 )
+
+if TYPE_CHECKING:
+    import cffi
 
 LIB_NAME = "libmodelstreamer.so"
 HEADER_NAME = "model_streamer.h"
@@ -232,6 +233,11 @@ def _ffi_for(cdef: str) -> cffi.FFI:
             return _ffi_abi.ffi
     except Exception:  # missing, or made by an incompatible cffi
         pass
+    # Imported here, not with this module: the precompiled declarations need
+    # only cffi's C backend, and `import cffi` is 1 ms of every import of
+    # the package.
+    import cffi
+
     ffi = cffi.FFI()
     ffi.cdef(cdef)
     return ffi

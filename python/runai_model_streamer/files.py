@@ -28,7 +28,7 @@ HTTP_SCHEMES = ("http", "https")
 NO_HTTP_LISTING = ("listing is not possible over HTTP: name each file's URL (on the command "
                    "line, with --url-list FILE: a text file of URLs, one per line)")
 
-_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SCHEME_RE = r"^([A-Za-z][A-Za-z0-9+.-]*)://"  # compiled on first use, not at import
 
 
 class S3Credentials:
@@ -66,7 +66,7 @@ class S3Credentials:
 
 def uri_scheme(path: str) -> str:
     """'s3' for 's3://bucket/key', 'file' for a local path or 'file://...'."""
-    m = _SCHEME_RE.match(path)
+    m = re.match(_SCHEME_RE, path)
     return m.group(1).lower() if m else "file"
 
 
