@@ -40,6 +40,16 @@ from runai_model_streamer.exceptions import (
 if TYPE_CHECKING:
     import cffi
 
+# The precompiled declarations (and cffi's C backend) are imported with this
+# module, not when the library is first loaded: the load is what a first
+# stream waits for, and this is 0.5 ms of it that starts no runtime and
+# survives fork() (bench/first_tensor.py: stream_files -> first tensor 5.9 ->
+# 5.3 ms, import -> first tensor unchanged). _ffi_for checks they fit.
+try:
+    from runai_model_streamer import _ffi_abi  # noqa: F401
+except Exception:  # missing, or made by an incompatible cffi: _ffi_for parses the header
+    pass
+
 LIB_NAME = "libmodelstreamer.so"
 HEADER_NAME = "model_streamer.h"
 CDEF_BEGIN = "/* CDEF BEGIN */"
