@@ -161,6 +161,7 @@ def start_loading() -> None:
 
     def work() -> None:
         try:
+            _dlopen_without_gil(library_path())
             _ffi, lib = load()
             lib.ms_version()  # returns once the runtime and package inits are done
         except Exception:  # reported by the load that needs the library
@@ -251,6 +252,28 @@ def _ffi_for(cdef: str) -> cffi.FFI:
     ffi = cffi.FFI()
     ffi.cdef(cdef)
     return ffi
+
+
+def _dlopen_without_gil(path: str) -> None:
+    """Has the dynamic loader load path with the GIL released: cffi's dlopen
+    (like ctypes.CDLL) holds it for the whole ~1 ms of relocations, so the
+    thread that made the streamer could not run meanwhile, and ran its own
+    work (stream_files' checks, _warm_tensor_views) before the dlopen
+    instead, delaying it. libc's dlopen called through ctypes releases the
+    GIL; cffi's dlopen of the same path then finds the library loaded
+    (bench/first_tensor.py: stream_files -> first tensor 5.1 -> 4.8 ms).
+    ctypes is imported wherever torch is. Failures are left to load(), which
+    reports them."""
+    try:
+        import ctypes
+
+        dlopen = ctypes.CDLL(None).dlopen
+        dlopen.restype = ctypes.c_void_p
+        dlopen.argtypes = (ctypes.c_char_p, ctypes.c_int)
+        # The handle is never closed: a Go runtime cannot be unloaded.
+        dlopen(os.fsencode(path), os.RTLD_NOW)
+    except Exception:
+        pass
 
 
 def load() -> Tuple[cffi.FFI, Any]:
