@@ -1,7 +1,7 @@
 """Fixed cost of a load (issue 8, item 2): time to the first tensor on a hot
 file, in fresh processes.
 
-    .venv/bin/python bench/first_tensor.py [--file F] [--runs 15] [--profile]
+    .venv/bin/python bench/first_tensor.py [--file F] [--runs 15] [--profile] [--compare REV]
 
 Each run is a fresh interpreter (`-c` the CHILD code below) that prints, in ms:
   torch_import     `import torch`
@@ -19,9 +19,11 @@ top functions of stream_files -> first tensor.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -92,6 +94,22 @@ def warm(path):
             pass
 
 
+def build_revision(rev, dest):
+    """The package of git revision rev, with its library built from the same
+    revision, under dest; returns the directory to put on PYTHONPATH."""
+    src = os.path.join(dest, "src")
+    os.makedirs(src)
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", src], input=archive, check=True)
+    lib_dir = os.path.join(src, "python", "runai_model_streamer", "lib")
+    os.makedirs(lib_dir, exist_ok=True)
+    subprocess.run(["go", "build", "-trimpath", "-ldflags=-s -w", "-buildmode=c-shared",
+                    "-o", os.path.join(lib_dir, "libmodelstreamer.so"), "./capi"],
+                   cwd=os.path.join(src, "go"), check=True, env=dict(os.environ, CGO_ENABLED="1"))
+    shutil.copy(os.path.join(src, "go", "capi", "model_streamer.h"), lib_dir)
+    return os.path.join(src, "python")
+
+
 def compile_package(python, env):
     """Writes the bytecode of the package the runs import, as installing it
     does: a source tree run with PYTHONDONTWRITEBYTECODE=1 (this project's
@@ -117,6 +135,10 @@ def main():
                         "work; with MODEL_STREAMER_PRELOAD=1 the runtime starts meanwhile); "
                         "left out of import_to_first")
     p.add_argument("--python", default=os.path.join(REPO, ".venv", "bin", "python"))
+    p.add_argument("--compare", metavar="REV", action="append", default=[],
+                   help="also run git revision REV (its package, with its library built into a "
+                        "temporary copy), repeatable; each round runs this tree and every REV "
+                        "once, in an order reversed every other round, so drift falls on all")
     a = p.parse_args()
     paths = a.file or [os.path.join(a.data_dir, "1g.safetensors")]
     if not a.file:
@@ -126,24 +148,33 @@ def main():
     env = dict(os.environ)
     env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
     compile_package(a.python, env)
-    rows = []
-    for _ in range(a.runs):
-        # Again before every run: this VM drops a few percent of a file's
-        # cached pages within seconds (1% within 10 s here, with 10 GB free),
-        # and a run should measure a hot file, not the disk.
-        for path in paths:
-            warm(path)
-        r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms)], capture_output=True, text=True, env=env, cwd=REPO)
-        if r.returncode != 0:
-            sys.exit(r.stderr[-3000:])
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    variants = {"this tree": env}
+    with tempfile.TemporaryDirectory(prefix="first-tensor-") as tmp:
+        for rev in a.compare:
+            variants[rev] = dict(env, PYTHONPATH=build_revision(rev, os.path.join(tmp, rev.replace("/", "_"))))
+            compile_package(a.python, variants[rev])
+        rows = {name: [] for name in variants}
+        for i in range(a.runs):
+            for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
+                # Again before every run: this VM drops a few percent of a
+                # file's cached pages within seconds (1% within 10 s here,
+                # with 10 GB free), and a run should measure a hot file.
+                for path in paths:
+                    warm(path)
+                r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms)],
+                                   capture_output=True, text=True, env=variants[name], cwd=REPO)
+                if r.returncode != 0:
+                    sys.exit(r.stderr[-3000:])
+                rows[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
     keys = ["torch_import", "import_to_first", "ctor_to_first", "stream_files", "stream_to_first", "total"]
     size = sum(os.path.getsize(p) for p in paths)
-    print(f"{' '.join(paths)}: {size / 1e9:.2f} GB, {rows[0]['tensors']} tensors, hot; "
-          f"median (min-max) of {a.runs} fresh processes, ms")
-    for k in keys:
-        xs = [r[k] for r in rows]
-        print(f"  {k:<16} {statistics.median(xs):8.2f}  ({min(xs):.2f}-{max(xs):.2f})")
+    for name, runs in rows.items():
+        label = f" [{name}]" if a.compare else ""
+        print(f"{' '.join(paths)}: {size / 1e9:.2f} GB, {runs[0]['tensors']} tensors, hot{label}; "
+              f"median (min-max) of {a.runs} fresh processes, ms")
+        for k in keys:
+            xs = [r[k] for r in runs]
+            print(f"  {k:<16} {statistics.median(xs):8.2f}  ({min(xs):.2f}-{max(xs):.2f})")
     if a.profile:
         r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms), "profile"], capture_output=True, text=True, env=env, cwd=REPO)
         print(r.stderr)
