@@ -5,26 +5,36 @@ import (
 	"unicode/utf8"
 )
 
-// appendFiles appends doc as JSON: what encoding/json makes of it, less the
-// HTML escapes (<, >, & as themselves, which JSON allows). Written by hand
-// because this is on the path to a stream's first tensor: json.Marshal's
-// first call in a process builds its reflection encoders for these types,
-// 0.1-0.2 ms of a few-millisecond start (bench/first_tensor.py), and every
-// call costs several times this.
+// appendFiles appends ms_stream_metadata's document for files: what
+// encoding/json makes of {"files": files}, less the HTML escapes (<, > and &
+// as themselves, which JSON allows). Written by hand because this is on the
+// path to a stream's first tensor: json.Marshal's first call in a process
+// builds its reflection encoders for these types, 0.1-0.2 ms of a
+// few-millisecond start (bench/first_tensor.py), and every call costs
+// several times this.
 func appendFiles(b []byte, files []fileJSON) []byte {
 	b = append(b, `{"files":`...)
-	if files == nil {
-		return append(b, "null}"...)
+	b = appendList(b, files, appendFile)
+	return append(b, '}')
+}
+
+// appendList appends items as a JSON array, a nil slice as null (as
+// encoding/json writes them).
+func appendList[T any](b []byte, items []T, appendItem func([]byte, *T) []byte) []byte {
+	if items == nil {
+		return append(b, "null"...)
 	}
 	b = append(b, '[')
-	for i := range files {
+	for i := range items {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = appendFile(b, &files[i])
+		b = appendItem(b, &items[i])
 	}
-	return append(b, "]}"...)
+	return append(b, ']')
 }
+
+func appendInt(b []byte, v *int64) []byte { return strconv.AppendInt(b, *v, 10) }
 
 func appendFile(b []byte, f *fileJSON) []byte {
 	b = append(b, `{"uri":`...)
@@ -36,18 +46,7 @@ func appendFile(b []byte, f *fileJSON) []byte {
 	b = append(b, `,"strategy":`...)
 	b = appendString(b, f.Strategy)
 	b = append(b, `,"tensors":`...)
-	if f.Tensors == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
-		for i := range f.Tensors {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendTensor(b, &f.Tensors[i])
-		}
-		b = append(b, ']')
-	}
+	b = appendList(b, f.Tensors, appendTensor)
 	if v := f.Verify; v != nil {
 		b = append(b, `,"verify":`...)
 		b = appendVerify(b, v)
@@ -61,23 +60,10 @@ func appendTensor(b []byte, t *tensorJSON) []byte {
 	b = append(b, `,"dtype":`...)
 	b = appendString(b, t.DType)
 	b = append(b, `,"shape":`...)
-	if t.Shape == nil {
-		b = append(b, "null"...)
-	} else {
-		b = append(b, '[')
-		for i, d := range t.Shape {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = strconv.AppendInt(b, d, 10)
-		}
-		b = append(b, ']')
-	}
-	b = append(b, `,"offsets":[`...)
-	b = strconv.AppendInt(b, t.Offsets[0], 10)
-	b = append(b, ',')
-	b = strconv.AppendInt(b, t.Offsets[1], 10)
-	return append(b, "]}"...)
+	b = appendList(b, t.Shape, appendInt)
+	b = append(b, `,"offsets":`...)
+	b = appendList(b, t.Offsets[:], appendInt)
+	return append(b, '}')
 }
 
 // appendVerify writes the fields that are set, as omitempty does.
