@@ -386,7 +386,7 @@ func TestResidentSampling(t *testing.T) {
 	// kernel's readahead past the half is small beside it), half read.
 	path := filepath.Join(t.TempDir(), "sparse")
 	ps := os.Getpagesize()
-	size := int64(16*sampleWindows*windowPages) * int64(ps)
+	size := int64(64*sampleWindows*windowPages) * int64(ps)
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
