@@ -149,10 +149,11 @@ _tensor_views_warm = False
 def _warm_tensor_views() -> None:
     """Makes torch's first frombuffer and view calls of the process, which
     cost 0.3 ms (20 us afterwards). Called before the first stream opens: in
-    a fresh process that open waits for the Go runtime to start on another
-    thread, and this runs meanwhile, where the first tensor would otherwise
-    pay it (bench/first_tensor.py: `stream_files` -> first tensor 5.9 ->
-    5.6 ms, median of 40 interleaved fresh processes)."""
+    a fresh process the library is still loading on the start-up thread
+    (_native.start_loading) and the open would wait for it, so this runs
+    meanwhile instead of on the way to the first tensor
+    (bench/first_tensor.py: `stream_files` -> first tensor 5.9 -> 5.6 ms,
+    median of 40 interleaved fresh processes)."""
     global _tensor_views_warm
     if not _tensor_views_warm:
         torch.frombuffer(bytearray(4), dtype=torch.float32).view(1, 1)
