@@ -96,3 +96,38 @@ print("CHILD", os.waitstatus_to_exitcode(status))
         raise AssertionError(f"hang:\n{e.stdout}\n{e.stderr}")
     assert r.returncode == 0, r.stderr
     assert "CHILD 0" in r.stdout, r.stdout + r.stderr
+
+
+WAIT_SCRIPT = r'''
+import os, sys, threading, time
+from runai_model_streamer import _native
+
+# As while the start-up thread's dlopen (GIL released) is in flight.
+_native._state.no_dlopen.clear()
+threading.Timer(0.3, _native._state.no_dlopen.set).start()
+t0 = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    import ctypes
+    ctypes.CDLL("libm.so.6")  # the child's own dlopen works
+    os._exit(0)
+waited = time.monotonic() - t0
+_, status = os.waitpid(pid, 0)
+print("WAITED %.3f EXIT %d" % (waited, os.waitstatus_to_exitcode(status)), flush=True)
+'''
+
+
+def test_fork_waits_for_a_dlopen_in_flight(tmp_path):
+    """A child forked while another thread is inside dlopen can inherit the
+    dynamic loader's lock held (and, with an older glibc, hang at its own
+    next dlopen): fork waits until the start-up thread's GIL-free dlopen is
+    over."""
+    script = tmp_path / "wait_script.py"
+    script.write_text(WAIT_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                       cwd=REPO, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    line = [x for x in r.stdout.splitlines() if x.startswith("WAITED")][0]
+    waited, code = float(line.split()[1]), int(line.split()[3])
+    assert code == 0
+    assert waited >= 0.25, f"fork went ahead after {waited:.3f} s, while the dlopen was in flight"

@@ -133,9 +133,38 @@ class _State:
         self.forked = False  # this process is a fork of the one that loaded it
         self.at_fork_registered = False
         self.starting: Optional[threading.Thread] = None  # start_loading()'s thread
+        # Clear while _dlopen_without_gil's dlopen runs (see _wait_for_dlopen).
+        self.no_dlopen = threading.Event()
+        self.no_dlopen.set()
 
 
 _state = _State()
+
+# How long a fork() waits for a dlopen of the library in flight on the
+# start-up thread (it takes about 1 ms).
+FORK_DLOPEN_WAIT_S = 10.0
+
+
+def _wait_for_dlopen() -> None:
+    """os.fork's "before" hook. A child forked while another thread is inside
+    dlopen can inherit the dynamic loader's lock held, and then its own next
+    dlopen (an extension module's import, say) never returns: glibc made fork
+    take that lock only in 2023 (not reproduced with this machine's 2.36 in
+    48 tries, but the wheel targets older ones). With the GIL held around
+    dlopen no fork could overlap it; the start-up thread's dlopen releases
+    the GIL, so a fork waits for it here (Event.wait releases the GIL
+    meanwhile)."""
+    _state.no_dlopen.wait(FORK_DLOPEN_WAIT_S)
+
+
+def _fresh_dlopen_event() -> None:
+    # The child has no start-up thread; the event may have been mid-update.
+    _state.no_dlopen = threading.Event()
+    _state.no_dlopen.set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_wait_for_dlopen, after_in_child=_fresh_dlopen_event)
 
 PRELOAD_ENV = "MODEL_STREAMER_PRELOAD"
 
@@ -263,15 +292,21 @@ def _dlopen_without_gil(path: str) -> None:
     GIL; cffi's dlopen of the same path then finds the library loaded
     (bench/first_tensor.py: stream_files -> first tensor 5.1 -> 4.8 ms).
     ctypes is imported wherever torch is. Failures are left to load(), which
-    reports them."""
+    reports them. A fork() meanwhile waits for it (_wait_for_dlopen)."""
     try:
         import ctypes
 
         dlopen = ctypes.CDLL(None).dlopen
         dlopen.restype = ctypes.c_void_p
         dlopen.argtypes = (ctypes.c_char_p, ctypes.c_int)
-        # The handle is never closed: a Go runtime cannot be unloaded.
-        dlopen(os.fsencode(path), os.RTLD_NOW)
+        # Cleared with the GIL held, so no fork can slip between this and
+        # the dlopen below.
+        _state.no_dlopen.clear()
+        try:
+            # The handle is never closed: a Go runtime cannot be unloaded.
+            dlopen(os.fsencode(path), os.RTLD_NOW)
+        finally:
+            _state.no_dlopen.set()
     except Exception:
         pass
 
