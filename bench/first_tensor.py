@@ -110,6 +110,25 @@ def build_revision(rev, dest):
     return os.path.join(src, "python")
 
 
+def library_of(python, env):
+    """The path of the library the runs with env load."""
+    r = subprocess.run([python, "-c", "from runai_model_streamer import _native; print(_native.library_path())"],
+                       capture_output=True, text=True, env=env, cwd=REPO, check=True)
+    return r.stdout.strip()
+
+
+LIB_ENV = "MODEL_STREAMER_LIB"
+
+
+def fresh_copy(lib, dest):
+    """lib and its header (beside it) copied into the new directory dest;
+    returns the copy's path."""
+    os.makedirs(dest)
+    for name in (os.path.basename(lib), "model_streamer.h"):
+        shutil.copy(os.path.join(os.path.dirname(lib), name), dest)
+    return os.path.join(dest, os.path.basename(lib))
+
+
 def compile_package(python, env):
     """Writes the bytecode of the package the runs import, as installing it
     does: a source tree run with PYTHONDONTWRITEBYTECODE=1 (this project's
@@ -153,13 +172,25 @@ def main():
         for rev in a.compare:
             variants[rev] = dict(env, PYTHONPATH=build_revision(rev, os.path.join(tmp, rev.replace("/", "_"))))
             compile_package(a.python, variants[rev])
+        # Every variant loads a copy of its library written just now. How a
+        # library's pages came into the page cache changes its start: the
+        # same build ran 0.4-0.5 ms slower from a file written half an hour
+        # before (its pages since dropped and read back in smaller folios)
+        # than from a copy written just before, even with every page cached.
+        libs = {}
+        for i, (name, venv) in enumerate(variants.items()):
+            libs[name] = fresh_copy(library_of(a.python, venv), os.path.join(tmp, f"lib{i}"))
+            venv[LIB_ENV] = libs[name]
         rows = {name: [] for name in variants}
         for i in range(a.runs):
             for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
                 # Again before every run: this VM drops a few percent of a
                 # file's cached pages within seconds (1% within 10 s here,
                 # with 10 GB free), and a run should measure a hot file.
-                for path in paths:
+                # The library too: a page of it missing is a disk read in
+                # dlopen or the runtime's start (a build an hour old ran
+                # 0.4 ms slower than the same code built just before).
+                for path in paths + [libs[name]]:
                     warm(path)
                 r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms)],
                                    capture_output=True, text=True, env=variants[name], cwd=REPO)
