@@ -167,7 +167,7 @@ def main():
     env = dict(os.environ)
     env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
     compile_package(a.python, env)
-    variants = {"this tree": env}
+    variants = {"this tree": dict(env)}  # each gets its own library copy (LIB_ENV) below
     with tempfile.TemporaryDirectory(prefix="first-tensor-") as tmp:
         for rev in a.compare:
             variants[rev] = dict(env, PYTHONPATH=build_revision(rev, os.path.join(tmp, rev.replace("/", "_"))))
@@ -186,10 +186,8 @@ def main():
             for name in list(variants) if i % 2 == 0 else list(variants)[::-1]:
                 # Again before every run: this VM drops a few percent of a
                 # file's cached pages within seconds (1% within 10 s here,
-                # with 10 GB free), and a run should measure a hot file.
-                # The library too: a page of it missing is a disk read in
-                # dlopen or the runtime's start (a build an hour old ran
-                # 0.4 ms slower than the same code built just before).
+                # with 10 GB free), and a run should measure a hot file;
+                # the library too, whose missing pages dlopen would read.
                 for path in paths + [libs[name]]:
                     warm(path)
                 r = subprocess.run([a.python, "-c", CHILD, json.dumps(paths), str(a.idle_ms)],
