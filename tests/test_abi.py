@@ -79,3 +79,51 @@ def test_other_declarations_are_parsed_at_load():
     assert ffi is not _ffi_abi.ffi
     lib = ffi.dlopen(str(LIB))
     assert ffi.string(lib.ms_version()).decode()
+
+
+GIL_FREE_DLOPEN = r'''
+import collections, ctypes, sys, threading, time
+from runai_model_streamer import _native
+
+ctypes.CDLL(None)  # ctypes' own first-use costs, outside the window
+# A thread that takes the GIL keeps it this long unless it lets go itself, so
+# no forced switch falls inside the 1 ms dlopen below.
+sys.setswitchinterval(0.05)
+
+ticks = collections.deque(maxlen=1 << 20)  # when the other thread ran Python
+stop = False
+
+def spin():
+    while not stop:
+        ticks.append(time.perf_counter())
+
+t = threading.Thread(target=spin)
+t.start()
+time.sleep(0.01)  # the GIL taken back from the spinner just now
+t0 = time.perf_counter()
+_native._dlopen_without_gil(_native.library_path())
+t1 = time.perf_counter()
+stop = True
+t.join()
+during = sum(1 for x in ticks if t0 < x < t1)
+maps = open("/proc/self/maps").read()
+print(during, _native.library_path() in maps, _native.is_loaded())
+'''
+
+
+def test_start_up_dlopen_releases_the_gil():
+    """The start-up thread loads the library through libc's dlopen with the
+    GIL released (cffi's holds it): another thread runs meanwhile, and the
+    library is mapped before cffi ever loads it."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    r = subprocess.run([sys.executable, "-c", GIL_FREE_DLOPEN], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env=subprocess_env())
+    assert r.returncode == 0, r.stderr
+    during, mapped, loaded = r.stdout.split()
+    assert mapped == "True", "the library was not loaded"
+    assert loaded == "False", "cffi loaded it, not the GIL-free dlopen"
+    assert int(during) > 0, "no other thread ran during the dlopen: the GIL was held"
