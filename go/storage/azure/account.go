@@ -67,15 +67,14 @@ func (a *account) blobURL(c, name string) string {
 	return u
 }
 
+// blobClient is the blob client inside blockBlobClient's (the same URL,
+// credential and pipeline), so the choice of credential is made in one place.
 func (a *account) blobClient(c, name string) (*blob.Client, error) {
-	u, opts := a.blobURL(c, name), &blob.ClientOptions{ClientOptions: a.opts}
-	switch {
-	case a.key != nil:
-		return blob.NewClientWithSharedKeyCredential(u, a.key, opts)
-	case a.token != nil:
-		return blob.NewClient(u, a.token, opts)
+	bb, err := a.blockBlobClient(c, name)
+	if err != nil {
+		return nil, err
 	}
-	return blob.NewClientWithNoCredential(u, opts)
+	return bb.BlobClient(), nil
 }
 
 func (a *account) blockBlobClient(c, name string) (*blockblob.Client, error) {
