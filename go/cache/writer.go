@@ -122,11 +122,12 @@ func (w *writer) ReadAt(ctx context.Context, dst []byte, off int64) (int, error)
 }
 
 // queued is a range read into memory the reader's caller holds for it
-// until done is called.
+// until done is called, and the spans of it that no earlier read wrote.
 type queued struct {
-	p    []byte
-	off  int64
-	done func()
+	p     []byte
+	off   int64
+	fresh []span
+	done  func()
 }
 
 // writeQueue is how many read ranges may wait for the writer goroutine
@@ -137,7 +138,9 @@ const writeQueue = 64
 // writes ranges one after the other in the order they arrive. Readers that
 // each wrote their own range (32 direct writes of 16 MiB at once, each
 // blocking its reader) made first loads 6-8% slower than one writer does
-// (docs/benchmarks.md, "where the first load's time goes").
+// (docs/benchmarks.md, "where the first load's time goes"). The reader
+// takes the range's CRC before it queues it: the one writer is what a
+// first load waits for, so it does nothing but write.
 func (w *writer) enqueue(p []byte, off int64, done func()) {
 	w.startWriter.Do(func() {
 		w.queue = make(chan queued, writeQueue)
@@ -145,12 +148,18 @@ func (w *writer) enqueue(p []byte, off int64, done func()) {
 		go func() {
 			defer close(w.writerDone)
 			for q := range w.queue {
-				w.write(q.p, q.off)
+				w.put(q.p, q.off, q.fresh)
 				q.done()
 			}
 		}()
 	})
-	w.queue <- queued{p, off, done}
+	fresh, ok := w.claimFresh(off, off+int64(len(p)))
+	if !ok {
+		done()
+		return
+	}
+	w.record(p, off, fresh)
+	w.queue <- queued{p, off, fresh, done}
 }
 
 // stopWriter waits for the ranges queued to be written. The caller has
@@ -167,14 +176,32 @@ func (w *writer) stopWriter() {
 // write writes the bytes at off that no earlier read wrote (a header read
 // and the tensor reads after it overlap), and records their CRC.
 func (w *writer) write(p []byte, off int64) {
-	w.mu.Lock()
-	if w.failed || w.closed {
-		w.mu.Unlock()
+	fresh, ok := w.claimFresh(off, off+int64(len(p)))
+	if !ok {
 		return
 	}
-	fresh := w.claim(off, off+int64(len(p)))
-	w.mu.Unlock()
+	w.record(p, off, fresh)
 	w.put(p, off, fresh)
+}
+
+// claimFresh claims [lo, hi) (see claim); ok is false once the entry
+// failed or closed, when nothing more is written.
+func (w *writer) claimFresh(lo, hi int64) (fresh []span, ok bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failed || w.closed {
+		return nil, false
+	}
+	return w.claim(lo, hi), true
+}
+
+// record takes the CRC of the fresh spans of p (the bytes at off), which
+// commit checks the entry with. The memory does not change until they are
+// written: the engine hands a range out only then.
+func (w *writer) record(p []byte, off int64, fresh []span) {
+	for _, s := range fresh {
+		w.pieces.Add(s.lo, p[s.lo-off:s.hi-off])
+	}
 }
 
 // put writes the fresh spans of p (the bytes at off).
@@ -182,14 +209,12 @@ func (w *writer) put(p []byte, off int64, fresh []span) {
 	start := time.Now()
 	defer func() { w.o.stats.WriteNanos.Add(int64(time.Since(start))) }()
 	for _, s := range fresh {
-		b := p[s.lo-off : s.hi-off]
-		direct, err := w.direct.writeAt(w.f, b, s.lo)
+		direct, err := w.direct.writeAt(w.f, p[s.lo-off:s.hi-off], s.lo)
 		w.o.stats.DirectBytes.Add(direct)
 		if err != nil {
 			w.fail(err)
 			return
 		}
-		w.pieces.Add(s.lo, b)
 	}
 }
 
@@ -226,6 +251,7 @@ func (w *writer) fill(gaps []span) error {
 		w.mu.Lock()
 		fresh := w.claim(g.lo, g.hi)
 		w.mu.Unlock()
+		w.record(buf, g.lo, fresh)
 		w.put(buf, g.lo, fresh)
 	}
 	w.mu.Lock()
