@@ -23,7 +23,9 @@ part of the load.
     .venv/bin/python bench/cache.py --size 1GiB
 
 MinIO shares the machine's cores with the client: figures are CPU-bound
-client+server rates of this machine, not a network rate.
+client+server rates of this machine, not a network rate. --store-cores N caps
+MinIO at N cores (a cgroup, root only), so that the store is the slower side
+and the client's cores are its own, as with a remote store.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, BENCH)
 
+from cpucap import CpuCapError, cap_cpu  # noqa: E402
 from integrity import CONSUMER, load_servers, make_checkpoint, put  # noqa: E402
 from run import drop_cache, fmt_bytes, log, parse_bytes, warm_cache  # noqa: E402
 
@@ -92,11 +95,22 @@ def main() -> int:
     p.add_argument("--compare-lib", metavar="SO",
                    help="also run the first load with this libmodelstreamer.so (MODEL_STREAMER_LIB) in each "
                         "round, as 'first (SO)': a before/after of a change, side by side")
+    p.add_argument("--store-cores", type=float, metavar="N",
+                   help="cap MinIO at N cores' worth of CPU (a cgroup; needs root): a store slower than the "
+                        "client and not sharing its cores, as a remote one is (bench/cpucap.py)")
     a = p.parse_args()
 
     servers = load_servers()
     work = tempfile.mkdtemp(prefix="model-streamer-cachebench-", dir=a.work_dir)
     srv = servers.start_minio(os.path.join(work, "minio"))
+    uncap = lambda: None  # noqa: E731
+    if a.store_cores:
+        try:
+            uncap = cap_cpu(srv["stop"].__self__.popen.pid, a.store_cores)
+        except CpuCapError as e:
+            srv["stop"]()
+            shutil.rmtree(work, ignore_errors=True)
+            raise SystemExit(f"--store-cores: {e}")
     cache_dir = os.path.join(work, "cache")
     local = os.path.join(work, "local", "model.safetensors")
     try:
@@ -159,7 +173,8 @@ def main() -> int:
                    for k in rounds[0]}
         per_rep = {k: ", ".join(f"{rnd[k]['gbps']:.2f}" for rnd in rounds) for k in rounds[0]}
 
-        print(f"\nLocal cache: {fmt_bytes(parse_bytes(a.size))} checkpoint, MinIO on loopback, one run of "
+        store = f" capped at {a.store_cores:g} cores" if a.store_cores else ""
+        print(f"\nLocal cache: {fmt_bytes(parse_bytes(a.size))} checkpoint, MinIO on loopback{store}, one run of "
               f"{a.reps} round(s), medians, GB/s of tensor bytes (consumer reads every byte)")
         for k, v in results.items():
             reps = f"; per round {per_rep[k]}" if a.reps > 1 else ""
@@ -180,6 +195,7 @@ def main() -> int:
         return 0
     finally:
         srv["stop"]()
+        uncap()
         shutil.rmtree(work, ignore_errors=True)
 
 
