@@ -292,6 +292,27 @@ func TestSecondLoadIsLocal(t *testing.T) {
 	}
 }
 
+// A miss's object tells the engine that the ranges read into its memory are
+// written with O_DIRECT from there (storage.PinsMemory), so that the engine
+// backs that memory with huge pages as it does a local file's.
+func TestMissPinsItsMemory(t *testing.T) {
+	for _, st := range stores(t) {
+		t.Run(st.name, func(t *testing.T) {
+			st.put(t, "model.safetensors", model(t, 1<<20, 4))
+			dir := t.TempDir()
+			obj, err := newOpener(t, dir, 0, st, nil).Open(ctxT(t), st.uri("model.safetensors"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = obj.Close() })
+			p, ok := obj.(storage.PinsMemory)
+			if want := cache.DirectAllowed(dir); !ok || p.PinsMemory() != want {
+				t.Fatalf("the miss's object (%T) pins its memory: %v, want %v", obj, ok && p.PinsMemory(), want)
+			}
+		})
+	}
+}
+
 // An object overwritten after it was cached is fetched again: its new
 // bytes are delivered and its entry replaced.
 func TestOverwrittenObjectIsRefetched(t *testing.T) {

@@ -101,6 +101,10 @@ func (w *writer) NoChecksumReason() string {
 	return "the storage keeps no checksums"
 }
 
+// PinsMemory reports whether the ranges read are written through with
+// O_DIRECT from the memory they were read into (storage.PinsMemory).
+func (w *writer) PinsMemory() bool { return w.direct != nil }
+
 // Version forwards the store's.
 func (w *writer) Version() string { return w.e.ver }
 

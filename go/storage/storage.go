@@ -36,6 +36,18 @@ type Aligned interface {
 	Alignment() int
 }
 
+// PinsMemory is implemented by objects that hand the memory they read into
+// to the kernel for direct I/O although they are not Aligned: a store's
+// object whose ranges a local cache writes through with O_DIRECT. The
+// engine backs the memory of local files and of such objects with
+// transparent huge pages, which the kernel pins for direct I/O a folio at a
+// time instead of a page at a time; memory that is only copied into (a
+// socket's bytes) it leaves to the kernel's default, since a huge page's
+// first touch may stall in compaction (docs/design.md §4).
+type PinsMemory interface {
+	PinsMemory() bool
+}
+
 // Mappable is implemented by objects that can expose their bytes without a
 // copy (a private mapping of a local file resident in the page cache).
 // Map returns the whole object; writes to the slice stay private to this

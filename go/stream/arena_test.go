@@ -14,7 +14,7 @@ import (
 func TestArenaRingNeverOverlaps(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	const capacity = 64 * alignment
-	a, err := newArena(capacity)
+	a, err := newArena(capacity, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +69,7 @@ func resident(t *testing.T, mem []byte) int {
 // held outside, and its return lets them go on.
 func TestArenaHeldOutsideCountsAgainstTheRing(t *testing.T) {
 	const capacity = 64 * alignment
-	a, err := newArena(capacity)
+	a, err := newArena(capacity, true)
 	if err != nil {
 		t.Fatal(err)
 	}

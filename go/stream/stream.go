@@ -339,6 +339,19 @@ func wrapRead(uri string, off, n int64, err error) error {
 	return &storage.Error{Op: "read", URI: uri, Off: off, Len: n, Code: storage.CodeOf(err), Err: err}
 }
 
+// pinsMemory reports whether f's reads hand the arena's memory to the
+// kernel for direct I/O, which huge pages make cheaper (allocAnon): a local
+// file (its read strategy is named; a buffered one keeps them as it always
+// had them) or an object that says so (a store's object written through
+// to a cache). A store's bytes, copied in from a socket, do not.
+func pinsMemory(f *fileState) bool {
+	if f.strategy != "" {
+		return true
+	}
+	p, ok := f.obj.(storage.PinsMemory)
+	return ok && p.PinsMemory()
+}
+
 // planMemory decides how each file is read, groups tensors into regions,
 // and sizes the arena for the regions that need one.
 func (s *Stream) planMemory() error {
@@ -366,6 +379,7 @@ func (s *Stream) planMemory() error {
 
 	var lent []*segment
 	var ringBytes, biggest int64
+	hugePages := false
 	for fi, f := range s.files {
 		m, ok := f.obj.(storage.Mappable)
 		if ok && limit == Unlimited && len(perFile[fi]) > 0 {
@@ -386,6 +400,9 @@ func (s *Stream) planMemory() error {
 		}
 		if ok && f.strategy == "mmap" {
 			f.strategy = "buffered"
+		}
+		if len(perFile[fi]) > 0 && pinsMemory(f) {
+			hugePages = true
 		}
 		for _, r := range perFile[fi] {
 			ringBytes += r.span()
@@ -418,7 +435,7 @@ func (s *Stream) planMemory() error {
 	if err := s.planVerify(); err != nil {
 		return err
 	}
-	a, err := newArena(capacity)
+	a, err := newArena(capacity, hugePages)
 	if err != nil {
 		return err
 	}
