@@ -42,8 +42,9 @@ type Aligned interface {
 // engine backs the memory of local files and of such objects with
 // transparent huge pages, which the kernel pins for direct I/O a folio at a
 // time instead of a page at a time; memory that is only copied into (a
-// socket's bytes) it leaves to the kernel's default, since a huge page's
-// first touch may stall in compaction (docs/design.md §4).
+// socket's bytes) it advises only where a huge page's first touch is cheap,
+// not on a virtual machine that reports free memory to its host
+// (docs/design.md §4).
 type PinsMemory interface {
 	PinsMemory() bool
 }

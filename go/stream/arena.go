@@ -26,13 +26,11 @@ type segment struct {
 // when huge is set, advised for transparent huge pages. Huge pages are what
 // direct I/O needs: the kernel pins a 16 MiB O_DIRECT read's memory in 8
 // folios instead of 4096 pages (a cold local load: 3.8 against 1.7 GB/s;
-// a first load writing through the cache: 1.81 against 1.38 GB/s). Memory
-// that sockets copy into gains nothing from them and can lose much: with
-// THP defrag at "madvise" a fault in advised memory compacts synchronously
-// when no free huge page is at hand, and the first touch of a 256 MiB ring
-// took 11 ms or 220-290 ms by that alone, against a steady 85 ms in small
-// pages (loads from MinIO: 2.37 against 2.23 GB/s without the advice,
-// docs/benchmarks.md).
+// a first load writing through the cache: 1.81 against 1.38 GB/s). For
+// memory that sockets copy into they only make the first touch cheaper,
+// and on a virtual machine that reports free memory to its host they make
+// it dearer (freePageReporting; loads from MinIO here: 2.41 against 2.19
+// GB/s without the advice, docs/benchmarks.md).
 func allocAnon(n int64, huge bool) ([]byte, func(), error) {
 	const hugePage = 2 << 20
 	if n <= 0 {
@@ -51,7 +49,7 @@ func allocAnon(n int64, huge bool) ([]byte, func(), error) {
 		return nil, nil, fmt.Errorf("allocating %d bytes: %w", size, err)
 	}
 	// Trim to a 2 MiB aligned start so huge pages can back it (where THP is
-	// "always", unadvised memory gets them too, without the compaction).
+	// "always", unadvised memory gets them too).
 	base := addrOf(raw)
 	skip := int64(alignUp(int64(base), hugePage) - int64(base))
 	mem := raw[skip : skip+size : skip+size]

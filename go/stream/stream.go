@@ -343,7 +343,8 @@ func wrapRead(uri string, off, n int64, err error) error {
 // kernel for direct I/O, which huge pages make cheaper (allocAnon): a local
 // file (its read strategy is named; a buffered one keeps them as it always
 // had them) or an object that says so (a store's object written through
-// to a cache). A store's bytes, copied in from a socket, do not.
+// to a cache). A store's bytes, copied in from a socket, do not: they get
+// huge pages only where those are cheap to touch (freePageReporting).
 func pinsMemory(f *fileState) bool {
 	if f.strategy != "" {
 		return true
@@ -379,7 +380,7 @@ func (s *Stream) planMemory() error {
 
 	var lent []*segment
 	var ringBytes, biggest int64
-	hugePages := false
+	hugePages := !freePageReporting()
 	for fi, f := range s.files {
 		m, ok := f.obj.(storage.Mappable)
 		if ok && limit == Unlimited && len(perFile[fi]) > 0 {
