@@ -7,14 +7,22 @@ Each run is a fresh interpreter that times `ctypes.CDLL(lib)` (the dynamic
 loader: relocations) and then the first `ms_version()` (which returns once the
 Go runtime and every linked package's init have run). The libraries are
 interleaved, their order reversed every other round, so a machine's drift
-falls on all of them. Prints a Markdown table of medians (min-max), ms.
+falls on all of them. Each is loaded from a copy written at the start of the
+run and read again before every run, as bench/first_tensor.py does: how a
+library's pages came into the page cache moves its start by 0.4-0.5 ms.
+Prints a Markdown table of medians (min-max), ms.
 """
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from first_tensor import warm  # noqa: E402
 
 CHILD = r"""
 import ctypes, sys, time
@@ -35,10 +43,17 @@ def main():
     a = ap.parse_args()
     libs = [os.path.abspath(l) for l in a.libs]
     res = {l: [] for l in libs}
-    for r in range(a.runs):
-        for lib in libs if r % 2 == 0 else libs[::-1]:
-            out = subprocess.run([sys.executable, "-c", CHILD, lib], capture_output=True, text=True, check=True)
-            res[lib].append(tuple(map(float, out.stdout.split())))
+    with tempfile.TemporaryDirectory(prefix="lib-load-") as tmp:
+        copies = {}
+        for i, lib in enumerate(libs):
+            os.makedirs(os.path.join(tmp, str(i)))
+            copies[lib] = shutil.copy(lib, os.path.join(tmp, str(i)))
+        for r in range(a.runs):
+            for lib in libs if r % 2 == 0 else libs[::-1]:
+                warm(copies[lib])
+                out = subprocess.run([sys.executable, "-c", CHILD, copies[lib]], capture_output=True, text=True,
+                                     check=True)
+                res[lib].append(tuple(map(float, out.stdout.split())))
 
     def fmt(xs):
         return f"{statistics.median(xs):.1f} ({min(xs):.1f}-{max(xs):.1f})"
