@@ -380,7 +380,7 @@ func (s *Stream) planMemory() error {
 
 	var lent []*segment
 	var ringBytes, biggest int64
-	hugePages := !freePageReporting()
+	hugePages := false
 	for fi, f := range s.files {
 		m, ok := f.obj.(storage.Mappable)
 		if ok && limit == Unlimited && len(perFile[fi]) > 0 {
@@ -409,6 +409,12 @@ func (s *Stream) planMemory() error {
 			ringBytes += r.span()
 			biggest = max(biggest, r.span())
 		}
+	}
+	if !hugePages && ringBytes > 0 {
+		// Only sockets fill the ring: huge pages unless their first touch
+		// is dear here. Asked only for such streams, since it reads sysfs
+		// (once a process), which a local load need not wait for.
+		hugePages = !freePageReporting()
 	}
 	capacity := ringBytes
 	bound := int64(0)
