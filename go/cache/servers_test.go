@@ -298,13 +298,18 @@ func TestSecondLoadIsLocal(t *testing.T) {
 func TestMissPinsItsMemory(t *testing.T) {
 	for _, st := range stores(t) {
 		t.Run(st.name, func(t *testing.T) {
-			st.put(t, "model.safetensors", model(t, 1<<20, 4))
+			// Larger than what Close fetches to complete an entry, so that
+			// closing the object unread discards it at once.
+			st.put(t, "model.safetensors", model(t, 8<<20, 4))
 			dir := t.TempDir()
-			obj, err := newOpener(t, dir, 0, st, nil).Open(ctxT(t), st.uri("model.safetensors"))
+			obj, err := newOpener(t, dir, 0, st, &warnings{}).Open(ctxT(t), st.uri("model.safetensors"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(func() { _ = obj.Close() })
+			t.Cleanup(func() {
+				_ = obj.Close()
+				_ = cache.Wait(context.Background())
+			})
 			p, ok := obj.(storage.PinsMemory)
 			if want := cache.DirectAllowed(dir); !ok || p.PinsMemory() != want {
 				t.Fatalf("the miss's object (%T) pins its memory: %v, want %v", obj, ok && p.PinsMemory(), want)
