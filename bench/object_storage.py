@@ -82,6 +82,8 @@ LOADERS = {
     # Not in the default set: the upstream contract (a tensor may be overwritten
     # once the loop moves on), so the streamer can reuse its buffers.
     "ours-unowned": "model-streamer, owned=False",
+    # Added by --compare-lib: this package with another build of the library.
+    "ours-lib": "model-streamer, --compare-lib library",
 }
 
 
@@ -622,6 +624,8 @@ def run_one(a, cfg, ctx):
         spec = {"loader": "streamer", "files": ctx["uris"]}
         if ld == "ours-unowned":
             spec["owned"] = False
+        if ld == "ours-lib":
+            env["MODEL_STREAMER_LIB"] = a.compare_lib
         argv = [py, WORKER, json.dumps(spec)]
     cpu0 = proc_cpu_s(ctx["minio_pid"])
     busy0, kids0 = cpu_busy_s(), children_cpu_s()
@@ -773,6 +777,8 @@ def report(a, summary, ctx, cfgs):
         extra = ""
         if ("ours-unowned", c) in summary:
             extra = f"   ours-unowned/plain(c={pc}) = {fmt_r(ratio(g('ours-unowned', c), d)):>6}"
+        if ("ours-lib", c) in summary:
+            extra += f"   ours/ours-lib = {fmt_r(ratio(o, g('ours-lib', c))):>6}"
         if ("s5cmd", c) in summary:
             extra += f"   ours/s5cmd = {fmt_r(ratio(o, g('s5cmd', c))):>6}"
         oc, dc = g("ours", c, "cpu_per_gb"), g("plain", pc, "cpu_per_gb")
@@ -835,6 +841,9 @@ def get_args(argv=None):
                    help="plain download's destination buffer; pieces wrap around it when smaller than the data "
                         "(default 256MiB as bench/run.py; 0 = one byte of buffer per byte)")
     p.add_argument("--no-warmup", action="store_true", help="skip the unmeasured warm-up download")
+    p.add_argument("--compare-lib", metavar="SO",
+                   help="also run this package with this libmodelstreamer.so (MODEL_STREAMER_LIB) as loader "
+                        "'ours-lib', interleaved with the others: a before/after of an engine change in one run")
     p.add_argument("--ours-python", default=os.path.join(REPO, ".venv", "bin", "python"))
     p.add_argument("--peer-python", default=os.path.join(PEER_VENV, "bin", "python"))
     p.add_argument("--no-install", action="store_true",
@@ -847,9 +856,16 @@ def get_args(argv=None):
     if a.worker is not None:
         return a
     a.loaders = [x.strip() for x in a.loaders.split(",") if x.strip()]
+    if a.compare_lib:
+        if not os.path.isfile(a.compare_lib):
+            p.error(f"--compare-lib {a.compare_lib}: no such file")
+        a.compare_lib = os.path.abspath(a.compare_lib)
+        if "ours-lib" not in a.loaders:
+            a.loaders.append("ours-lib")
     for x in a.loaders:
-        if x not in LOADERS:
-            p.error(f"loader {x!r}: one of {', '.join(LOADERS)}")
+        if x not in LOADERS or (x == "ours-lib" and not a.compare_lib):
+            p.error(f"loader {x!r}: one of {', '.join(k for k in LOADERS if k != 'ours-lib')} "
+                    "(ours-lib comes with --compare-lib)")
     a.concurrency = [None if c.strip() == "default" else int(c) for c in a.concurrency.split(",") if c.strip()]
     a.chunk = parse_bytes(a.chunk)
     a.plain_buffer = parse_bytes(a.plain_buffer) if a.plain_buffer.strip() not in ("0", "-1") else 0
