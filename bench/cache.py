@@ -104,16 +104,14 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="model-streamer-cachebench-", dir=a.work_dir)
     srv = servers.start_minio(os.path.join(work, "minio"))
     uncap = lambda: None  # noqa: E731
-    if a.store_cores:
-        try:
-            uncap = cap_cpu(srv["stop"].__self__.popen.pid, a.store_cores)
-        except CpuCapError as e:
-            srv["stop"]()
-            shutil.rmtree(work, ignore_errors=True)
-            raise SystemExit(f"--store-cores: {e}")
     cache_dir = os.path.join(work, "cache")
     local = os.path.join(work, "local", "model.safetensors")
     try:
+        if a.store_cores:
+            try:
+                uncap = cap_cpu(srv["pid"], a.store_cores)
+            except CpuCapError as e:
+                raise SystemExit(f"--store-cores: {e}")
         data = make_checkpoint(parse_bytes(a.size))
         log(f"checkpoint: {fmt_bytes(len(data))}")
         servers.minio_create_bucket(srv, "bench")

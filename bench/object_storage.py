@@ -949,7 +949,7 @@ def main():
     try:
         srv = servers.start_minio(work)
         ctx["srv"] = srv
-        ctx["minio_pid"] = srv["stop"].__self__.popen.pid
+        ctx["minio_pid"] = srv["pid"]
         log(f"MinIO on {srv['endpoint']} (pid {ctx['minio_pid']}, data under {work}), "
             f"ready in {srv['startup_seconds']:.1f} s")
         s3 = S3(srv["endpoint"], srv["access_key"], srv["secret_key"], srv["region"])

@@ -184,6 +184,11 @@ func (w *writer) write(p []byte, off int64) {
 	if !ok {
 		return
 	}
+	w.keep(p, off, fresh)
+}
+
+// keep records the CRC of the fresh spans of p and writes them.
+func (w *writer) keep(p []byte, off int64, fresh []span) {
 	w.record(p, off, fresh)
 	w.put(p, off, fresh)
 }
@@ -255,8 +260,7 @@ func (w *writer) fill(gaps []span) error {
 		w.mu.Lock()
 		fresh := w.claim(g.lo, g.hi)
 		w.mu.Unlock()
-		w.record(buf, g.lo, fresh)
-		w.put(buf, g.lo, fresh)
+		w.keep(buf, g.lo, fresh)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()

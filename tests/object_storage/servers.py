@@ -325,8 +325,8 @@ def start_minio(tmp_dir) -> dict:
     """Start MinIO with its data under tmp_dir.
 
     Returns dict(endpoint="http://127.0.0.1:PORT", access_key, secret_key,
-    region="us-east-1", stop=callable, log=Path). Path-style addressing; no
-    buckets exist yet.
+    region="us-east-1", stop=callable, log=Path, pid). Path-style addressing;
+    no buckets exist yet.
     """
     binary = _tool("MinIO", "bin", "minio")
 
@@ -369,6 +369,7 @@ def start_minio(tmp_dir) -> dict:
         "stop": proc.stop,
         "log": proc.log_path,
         "startup_seconds": proc.startup_seconds,
+        "pid": proc.popen.pid,
     }
 
 
